@@ -1,0 +1,187 @@
+//! The operator HTTP API (PROTOCOL.md section 4), served with axum: clients,
+//! broadcast, send, events as Server-Sent Events, health and Prometheus
+//! metrics. With a token configured, every route but `/healthz` needs
+//! `Authorization: Bearer <token>`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router as HttpRouter};
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::gateway::Shared;
+use crate::metrics::RouteKind;
+
+/// Interval of SSE keep-alive comments, so proxies keep the stream open.
+const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    token: Option<Arc<str>>,
+}
+
+/// One row of `GET /clients`.
+#[derive(Debug, Serialize)]
+struct ClientRow {
+    name: String,
+    remote: String,
+    listener: String,
+    tls: bool,
+    connected_at: String,
+    provisional: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Delivered {
+    delivered: usize,
+}
+
+/// Serves the operator API on `tcp` until shutdown.
+pub(crate) async fn serve(tcp: TcpListener, shared: Arc<Shared>, token: Option<String>) {
+    let shutdown = shared.shutdown.clone();
+    let body_limit = shared_body_limit(&shared);
+    let state = AdminState {
+        shared,
+        token: token.map(Into::into),
+    };
+    let app = HttpRouter::new()
+        .route("/clients", get(clients))
+        .route("/broadcast", post(broadcast))
+        .route("/send/{name}", post(send))
+        .route("/events", get(events))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state);
+    let result = axum::serve(tcp, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+fn shared_body_limit(shared: &Shared) -> usize {
+    shared.limits.max_message_size.get()
+}
+
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            tracing::warn!(path = %request.uri().path(), "admin request without a valid bearer token");
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().unwrap_or_else(|_| unreachable!()),
+            );
+            return (
+                StatusCode::UNAUTHORIZED,
+                headers,
+                "missing or wrong bearer token\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares secrets without leaking, through timing, where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn clients(State(state): State<AdminState>) -> Json<Vec<ClientRow>> {
+    let rows = state
+        .shared
+        .router
+        .sessions()
+        .iter()
+        .map(|s| ClientRow {
+            name: s.name().to_string(),
+            remote: s.info.remote.to_string(),
+            listener: s.info.listener.to_string(),
+            tls: s.info.tls,
+            connected_at: humantime::format_rfc3339_seconds(s.info.connected_at).to_string(),
+            provisional: s.is_provisional(),
+        })
+        .collect();
+    Json(rows)
+}
+
+async fn broadcast(State(state): State<AdminState>, body: String) -> Json<Delivered> {
+    let router = &state.shared.router;
+    let delivered = router.broadcast(Message::text(body));
+    router.metrics().routed(RouteKind::broadcast).inc();
+    tracing::info!(delivered, "operator broadcast");
+    Json(Delivered { delivered })
+}
+
+async fn send(State(state): State<AdminState>, Path(name): Path<String>, body: String) -> Response {
+    let router = &state.shared.router;
+    if !router.is_connected(&name) {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("recipient not connected: {name}\n"),
+        )
+            .into_response();
+    }
+    let delivered = router.send_to_name(&name, Message::text(body));
+    router.metrics().routed(RouteKind::send).inc();
+    tracing::info!(client = %name, delivered, "operator message");
+    Json(Delivered { delivered }).into_response()
+}
+
+async fn events(
+    State(state): State<AdminState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let receiver = state.shared.events.subscribe();
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let event = match receiver.recv().await {
+            Ok(json) => SseEvent::default().data(&*json),
+            // A subscriber that falls behind skips events rather than holding memory.
+            Err(RecvError::Lagged(skipped)) => {
+                SseEvent::default().comment(format!("skipped {skipped} events"))
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), receiver))
+    })
+    .take_until(state.shared.shutdown.clone().cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
+}
+
+async fn healthz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if state.shared.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.shared.metrics.render(),
+    )
+}

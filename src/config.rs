@@ -1,0 +1,542 @@
+//! The TOML configuration: serde structs, defaults as named constants, and
+//! validation whose errors name the file, the line and the reason.
+//!
+//! Values that can be checked alone (addresses, durations, paths, modes) are
+//! checked while deserializing, so the TOML parser reports their line. Rules
+//! that span several values (two listeners on one address, a public admin
+//! listener without a token) are checked in [`Config::validate`], which finds
+//! the line through the spans it kept.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::modes::Mode;
+
+/// Where `serve` looks for a config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
+/// The listener used when the config names none.
+pub const DEFAULT_LISTENER_BIND: &str = "127.0.0.1:8080";
+/// The admin listener used when the config has no `[admin]` table.
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
+/// Largest message a client may send (bytes); larger ones close with 1009.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
+/// Frames waiting for one slow receiver before it is closed with 1013.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+/// Open sessions (and handshakes in progress) before new ones get 503.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Time a peer has to complete the HTTP upgrade (slow-loris protection).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an idle session is pinged.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A peer silent for this long (no frame, no pong) is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long shutdown lets queued frames drain before giving up.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Rooms one session may be a member of at once.
+pub const DEFAULT_MAX_ROOMS_PER_SESSION: usize = 64;
+/// Largest HTTP upgrade request head accepted.
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// WebSocket listeners; all feed the same router.
+    #[serde(default = "default_listeners", rename = "listener")]
+    pub listeners: Vec<Spanned<ListenerConfig>>,
+    /// The operator HTTP API.
+    #[serde(default = "unspanned")]
+    pub admin: Spanned<AdminConfig>,
+    /// Limits that keep the gateway standing under load and abuse.
+    #[serde(default = "unspanned")]
+    pub limits: Spanned<LimitsConfig>,
+    /// Name and delivery policies.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// One `[[listener]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Shown in logs, `/clients` and metrics; unique.
+    pub name: String,
+    /// Address to bind, e.g. `127.0.0.1:8080` or `[::]:80`.
+    pub bind: SocketAddr,
+    /// Security mode, see [`Mode`].
+    #[serde(default)]
+    pub mode: Mode,
+    /// Path prefix under which WebSocket upgrades are accepted.
+    #[serde(default)]
+    pub path: PathPrefix,
+}
+
+/// The `[admin]` table.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Set to false to run without an operator API.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address of the operator API.
+    #[serde(default = "default_admin_bind")]
+    pub bind: SocketAddr,
+    /// Bearer token; required when `bind` is not a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest client message in bytes (close 1009 beyond it).
+    pub max_message_size: NonZeroUsize,
+    /// Frames queued for one receiver before it is closed with 1013.
+    pub outbound_queue: NonZeroUsize,
+    /// Sessions plus handshakes in progress, beyond which handshakes get 503.
+    pub max_connections: NonZeroUsize,
+    /// Time allowed for the HTTP upgrade.
+    pub handshake_timeout: ConfigDuration,
+    /// Interval between pings.
+    pub ping_interval: ConfigDuration,
+    /// Silence after which a peer is closed.
+    pub idle_timeout: ConfigDuration,
+    /// Bounded drain time at shutdown.
+    pub shutdown_grace: ConfigDuration,
+    /// Rooms one session may join.
+    pub max_rooms_per_session: usize,
+}
+
+/// What to do when a second session claims a name already connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicatePolicy {
+    /// Refuse the newcomer with HTTP 409.
+    #[default]
+    Reject,
+    /// Close the old session with 4000 "replaced" and admit the newcomer.
+    Replace,
+    /// Admit both; messages to the name reach every session of it.
+    Allow,
+}
+
+/// The `[routing]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Duplicate-name policy.
+    pub on_duplicate: DuplicatePolicy,
+    /// Send `presence` notices to every client on each connect and disconnect.
+    pub presence: bool,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `wssgate=debug`; `RUST_LOG` wins.
+    pub level: LogLevel,
+}
+
+/// A `tracing` filter directive, checked when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct LogLevel(pub String);
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        tracing_subscriber::EnvFilter::try_new(&s)
+            .map_err(|e| format!("invalid log level {s:?}: {e}"))?;
+        Ok(LogLevel(s))
+    }
+}
+
+/// A duration written as `"10s"`, `"500ms"` or `"2m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ConfigDuration(pub Duration);
+
+/// A listener's path prefix: starts with `/`, no query, no fragment.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PathPrefix(String);
+
+/// A configuration that could not be loaded, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why (not a `source`, so that it is printed once).
+        reason: std::io::Error,
+    },
+    /// The file was read but a line in it is wrong.
+    #[error("{path}:{line}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending value (0 if unknown).
+        line: usize,
+        /// One-line reason.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
+            path: path.to_owned(),
+            reason,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |span: Option<Range<usize>>, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: span.map_or(0, |s| line_of(text, s.start)),
+            reason,
+        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().replace('\n', " ")))?;
+        config
+            .validate()
+            .map_err(|(span, reason)| invalid(Some(span), reason))?;
+        Ok(config)
+    }
+
+    /// The built-in defaults: one ws listener on 127.0.0.1:8080, admin on 127.0.0.1:9090.
+    pub fn builtin() -> Config {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("an empty config uses only defaults"))
+    }
+
+    /// Rules across values; the error carries the span of the value to blame.
+    fn validate(&self) -> Result<(), (Range<usize>, String)> {
+        if self.listeners.is_empty() {
+            return Err((0..0, "at least one [[listener]] is required".into()));
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let l = listener.get_ref();
+            if l.name.trim().is_empty() || l.name.chars().any(char::is_control) {
+                return Err((
+                    listener.span(),
+                    "listener name must be non-empty text".into(),
+                ));
+            }
+            for earlier in &self.listeners[..i] {
+                let e = earlier.get_ref();
+                if e.name == l.name {
+                    return Err((
+                        listener.span(),
+                        format!("listener name {:?} is used twice", l.name),
+                    ));
+                }
+                if e.bind == l.bind && l.bind.port() != 0 {
+                    return Err((
+                        listener.span(),
+                        format!(
+                            "listeners {:?} and {:?} both bind {}",
+                            e.name, l.name, l.bind
+                        ),
+                    ));
+                }
+            }
+            if l.mode != Mode::NonSecure {
+                return Err((
+                    listener.span(),
+                    format!(
+                        "listener {:?}: mode {:?} needs TLS, which this build does not offer yet; use mode = \"non-secure\"",
+                        l.name,
+                        l.mode.as_str()
+                    ),
+                ));
+            }
+        }
+        let admin = self.admin.get_ref();
+        if admin.enabled && !admin.bind.ip().is_loopback() && admin.token.is_none() {
+            return Err((
+                self.admin.span(),
+                format!(
+                    "admin listener {} is not on loopback: set [admin] token so the operator API is not open to the network",
+                    admin.bind
+                ),
+            ));
+        }
+        if admin.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err((
+                self.admin.span(),
+                "[admin] token must be at least 16 characters".into(),
+            ));
+        }
+        let limits = self.limits.get_ref();
+        if limits.idle_timeout.0 <= limits.ping_interval.0 {
+            return Err((
+                self.limits.span(),
+                "[limits] idle_timeout must be longer than ping_interval".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listeners without their spans.
+    pub fn listener_configs(&self) -> impl Iterator<Item = &ListenerConfig> {
+        self.listeners.iter().map(Spanned::get_ref)
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn nonzero(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or_else(|| unreachable!("default limits are not zero"))
+}
+
+/// A default value, spanning nothing (errors about it point at line 1).
+fn unspanned<T: Default>() -> Spanned<T> {
+    Spanned::new(0..0, T::default())
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_admin_bind() -> SocketAddr {
+    parse_const_addr(DEFAULT_ADMIN_BIND)
+}
+
+fn parse_const_addr(addr: &str) -> SocketAddr {
+    addr.parse()
+        .unwrap_or_else(|_| unreachable!("default addresses are valid literals"))
+}
+
+fn default_listeners() -> Vec<Spanned<ListenerConfig>> {
+    vec![Spanned::new(
+        0..0,
+        ListenerConfig {
+            name: "ws".into(),
+            bind: parse_const_addr(DEFAULT_LISTENER_BIND),
+            mode: Mode::NonSecure,
+            path: PathPrefix::default(),
+        },
+    )]
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            bind: default_admin_bind(),
+            token: None,
+        }
+    }
+}
+
+impl fmt::Debug for AdminConfig {
+    /// The token is a secret: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_size: nonzero(DEFAULT_MAX_MESSAGE_SIZE),
+            outbound_queue: nonzero(DEFAULT_OUTBOUND_QUEUE),
+            max_connections: nonzero(DEFAULT_MAX_CONNECTIONS),
+            handshake_timeout: ConfigDuration(DEFAULT_HANDSHAKE_TIMEOUT),
+            ping_interval: ConfigDuration(DEFAULT_PING_INTERVAL),
+            idle_timeout: ConfigDuration(DEFAULT_IDLE_TIMEOUT),
+            shutdown_grace: ConfigDuration(DEFAULT_SHUTDOWN_GRACE),
+            max_rooms_per_session: DEFAULT_MAX_ROOMS_PER_SESSION,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: LogLevel("info".into()),
+        }
+    }
+}
+
+impl TryFrom<String> for ConfigDuration {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let d = humantime::parse_duration(&s).map_err(|e| {
+            format!("invalid duration {s:?} ({e}); write e.g. \"10s\" or \"500ms\"")
+        })?;
+        if d.is_zero() {
+            return Err(format!("duration {s:?} must be greater than zero"));
+        }
+        Ok(ConfigDuration(d))
+    }
+}
+
+impl Default for PathPrefix {
+    fn default() -> Self {
+        PathPrefix("/".into())
+    }
+}
+
+impl PathPrefix {
+    /// True when `path` (the request path, without query) is this prefix or under it.
+    pub fn matches(&self, path: &str) -> bool {
+        let prefix = self.0.trim_end_matches('/');
+        match path.strip_prefix(prefix) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// The prefix as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for PathPrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("path {s:?} must start with '/'"));
+        }
+        if s.contains(['?', '#']) || s.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(format!(
+                "path {s:?} may not contain '?', '#', spaces or control characters"
+            ));
+        }
+        Ok(PathPrefix(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for PathPrefix {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn error_of(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn builtin_defaults() {
+        let c = Config::builtin();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].get_ref().bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin.get_ref().bind.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.limits.get_ref().max_message_size.get(), 65536);
+        assert_eq!(c.routing.on_duplicate, DuplicatePolicy::Reject);
+    }
+
+    #[test]
+    fn bad_values_name_file_and_line() {
+        let cases = [
+            (
+                "[[listener]]\nname = \"a\"\nbind = \"nowhere\"\n",
+                3,
+                "invalid socket address",
+            ),
+            (
+                "[limits]\nhandshake_timeout = \"soon\"\n",
+                2,
+                "invalid duration",
+            ),
+            (
+                "[routing]\non_duplicate = \"merge\"\n",
+                2,
+                "unknown variant",
+            ),
+            ("\n[limits]\nmax_mesage_size = 10\n", 3, "unknown field"),
+            (
+                "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npath = \"chat\"\n",
+                4,
+                "must start with '/'",
+            ),
+            (
+                "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nmode = \"sekure\"\n",
+                4,
+                "unknown variant",
+            ),
+            ("[admin]\nbind = \"0.0.0.0:9090\"\n", 1, "not on loopback"),
+            ("# c\n[limits]\noutbound_queue = 0\n", 3, "nonzero"),
+            ("[log]\nlevel = \"=\"\n", 2, "invalid log level"),
+            (
+                "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:2\"\n",
+                4,
+                "used twice",
+            ),
+        ];
+        for (text, line, reason) in cases {
+            let e = error_of(text);
+            assert!(e.starts_with(&format!("test.toml:{line}: ")), "{e}");
+            assert!(e.contains(reason), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn token_is_not_printed() {
+        let c =
+            parse("[admin]\nbind = \"0.0.0.0:9090\"\ntoken = \"s3cret-s3cret-s3cret\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn path_prefix_matching() {
+        let p: PathPrefix = "/chat".parse().unwrap();
+        assert!(p.matches("/chat"));
+        assert!(p.matches("/chat/room"));
+        assert!(!p.matches("/chatter"));
+        assert!(!p.matches("/"));
+        let root = PathPrefix::default();
+        assert!(root.matches("/"));
+        assert!(root.matches("/anything"));
+    }
+}

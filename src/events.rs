@@ -1,0 +1,108 @@
+//! Operator events: messages to the server, connects, disconnects and errors,
+//! fanned out to `GET /events` subscribers as JSON lines.
+//!
+//! An event is serialized once, and only when someone is listening.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Events buffered for a subscriber that falls behind; older ones are skipped.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// Something the operator may want to see.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event<'a> {
+    /// A session was admitted.
+    Connect {
+        /// Client name.
+        name: &'a str,
+        /// Client address.
+        remote: SocketAddr,
+        /// Listener name.
+        listener: &'a str,
+    },
+    /// A session ended.
+    Disconnect {
+        /// Client name.
+        name: &'a str,
+        /// Client address.
+        remote: SocketAddr,
+        /// Why it ended.
+        reason: &'a str,
+    },
+    /// A provisional (Qt) name was replaced by the full one.
+    Rename {
+        /// The name the session had.
+        from: &'a str,
+        /// The full name it took.
+        to: &'a str,
+    },
+    /// A text message to the server.
+    Message {
+        /// Sender.
+        name: &'a str,
+        /// Sender address.
+        remote: SocketAddr,
+        /// The text, exactly as sent.
+        text: &'a str,
+    },
+    /// A binary message to the server.
+    Binary {
+        /// Sender.
+        name: &'a str,
+        /// Sender address.
+        remote: SocketAddr,
+        /// The payload, base64.
+        base64: String,
+    },
+    /// A client error the gateway answered (unknown recipient, slow consumer...).
+    Error {
+        /// The client concerned.
+        name: &'a str,
+        /// Its address.
+        remote: SocketAddr,
+        /// What went wrong.
+        msg: &'a str,
+    },
+}
+
+/// The fan-out point; cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    tx: broadcast::Sender<Arc<str>>,
+}
+
+impl Events {
+    /// A hub with no subscribers.
+    pub fn new() -> Events {
+        Events {
+            tx: broadcast::channel(EVENT_BUFFER).0,
+        }
+    }
+
+    /// Publishes an event; free when nobody subscribes.
+    pub fn publish(&self, event: &Event<'_>) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        if let Ok(json) = serde_json::to_string(event) {
+            // An error here only means every subscriber left meanwhile.
+            let _ = self.tx.send(json.into());
+        }
+    }
+
+    /// A new subscriber, seeing events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::new()
+    }
+}

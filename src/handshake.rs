@@ -1,0 +1,301 @@
+//! The HTTP side of a connection, before it becomes a WebSocket: read the
+//! request head (bounded in size; the caller bounds it in time), decide
+//! between upgrade, health check and refusal, and write the response.
+//!
+//! Doing this ourselves, with `httparse`, rather than inside tungstenite's
+//! handshake lets every refusal carry its own status and one-line reason, lets
+//! a plain HTTP request get 426 and `/healthz` answer 200, and keeps the raw
+//! `Origin` bytes (Latin-1 from Qt) that the name is made of.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::config::PathPrefix;
+
+/// Headers read from one request at most.
+const MAX_HEADERS: usize = 64;
+/// Path answered with 200 for load-balancer health checks.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// A WebSocket upgrade request, as far as the gateway cares.
+#[derive(Debug)]
+pub struct Upgrade {
+    /// The request path, without the query.
+    pub path: String,
+    /// The query string, without `?`.
+    pub query: Option<String>,
+    /// The raw `Origin` header bytes.
+    pub origin: Option<Vec<u8>>,
+    /// `Sec-WebSocket-Key`.
+    key: Vec<u8>,
+    /// Bytes read past the request head (early frames); handed to the WebSocket.
+    pub leftover: Vec<u8>,
+}
+
+/// What a request head asks for.
+#[derive(Debug)]
+pub enum Head {
+    /// A valid WebSocket upgrade under the listener's path.
+    Upgrade(Upgrade),
+    /// A request to answer with this status and one-line text, then close.
+    Respond(Refusal),
+}
+
+/// An HTTP answer that ends the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status code.
+    pub status: u16,
+    /// One-line plain-text reason.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with a status and reason.
+    pub fn new(status: u16, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why no request head could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer closed or the socket failed before a full head arrived.
+    #[error("connection closed before the request was complete: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed without sending anything (a port probe).
+    #[error("connection closed without a request")]
+    Empty,
+}
+
+/// Reads one request head (at most `max_head` bytes) and classifies it.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_head: usize,
+    prefix: &PathPrefix,
+) -> Result<Head, ReadError> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() >= max_head {
+            return Ok(Head::Respond(Refusal::new(
+                431,
+                "request header fields too large",
+            )));
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().min(max_head - buf.len()));
+        }
+        let n = stream.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                ReadError::Empty
+            } else {
+                ReadError::Io(std::io::ErrorKind::UnexpectedEof.into())
+            });
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(len)) => {
+                let head = classify(&request, prefix);
+                return Ok(match head {
+                    Head::Upgrade(mut upgrade) => {
+                        upgrade.leftover = buf.split_off(len);
+                        Head::Upgrade(upgrade)
+                    }
+                    refusal => refusal,
+                });
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Ok(Head::Respond(Refusal::new(431, "too many header fields")));
+            }
+            Err(e) => {
+                return Ok(Head::Respond(Refusal::new(
+                    400,
+                    format!("malformed HTTP request: {e}"),
+                )));
+            }
+        }
+    }
+}
+
+fn classify(request: &httparse::Request<'_, '_>, prefix: &PathPrefix) -> Head {
+    let target = request.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let has_token = |name: &str, token: &str| {
+        request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .any(|v| v.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    };
+    let wants_upgrade = has_token("upgrade", "websocket");
+    if request.method != Some("GET") {
+        return Head::Respond(Refusal::new(405, "only GET is served here"));
+    }
+    if !wants_upgrade && path == HEALTH_PATH {
+        return Head::Respond(Refusal::new(200, "ok"));
+    }
+    if !prefix.matches(path) {
+        return Head::Respond(Refusal::new(
+            404,
+            format!(
+                "no WebSocket endpoint at {path} (this listener serves {})",
+                prefix.as_str()
+            ),
+        ));
+    }
+    if !wants_upgrade || !has_token("connection", "upgrade") {
+        return Head::Respond(Refusal::new(
+            426,
+            "this is a WebSocket endpoint: connect with a WebSocket client",
+        ));
+    }
+    if header("sec-websocket-version") != Some(b"13") {
+        return Head::Respond(Refusal::new(426, "unsupported WebSocket version: use 13"));
+    }
+    let Some(key) = header("sec-websocket-key").filter(|k| !k.is_empty()) else {
+        return Head::Respond(Refusal::new(400, "missing Sec-WebSocket-Key"));
+    };
+    Head::Upgrade(Upgrade {
+        path: path.to_owned(),
+        query: query.map(str::to_owned),
+        origin: header("origin").map(<[u8]>::to_vec),
+        key: key.to_vec(),
+        leftover: Vec::new(),
+    })
+}
+
+/// Writes a complete plain-text HTTP response and shuts the write side.
+pub async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    refusal: &Refusal,
+) -> std::io::Result<()> {
+    let body = format!("{}\n", refusal.reason);
+    let extra = match refusal.status {
+        426 => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+        _ => "",
+    };
+    let response = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        refusal.status,
+        status_text(refusal.status),
+        body.len(),
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Writes the `101 Switching Protocols` answer to an upgrade.
+pub async fn accept<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    upgrade: &Upgrade,
+) -> std::io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(&upgrade.key)
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.flush().await
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn head(raw: &str, prefix: &str) -> Head {
+        let mut input = raw.as_bytes();
+        read_head(&mut input, 8192, &prefix.parse().unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn status(h: Head) -> u16 {
+        match h {
+            Head::Respond(r) => r.status,
+            Head::Upgrade(_) => 101,
+        }
+    }
+
+    const UPGRADE: &str = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+    #[tokio::test]
+    async fn decisions() {
+        let cases = [
+            (
+                format!("GET /chat/x?name=a HTTP/1.1\r\n{UPGRADE}\r\n"),
+                "/chat",
+                101,
+            ),
+            (
+                format!("GET /other HTTP/1.1\r\n{UPGRADE}\r\n"),
+                "/chat",
+                404,
+            ),
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(), "/", 426),
+            ("GET /healthz HTTP/1.1\r\n\r\n".to_owned(), "/chat", 200),
+            ("POST / HTTP/1.1\r\n\r\n".to_owned(), "/", 405),
+            ("GARBAGE\r\n\r\n".to_owned(), "/", 400),
+            (
+                format!("GET / HTTP/1.1\r\n{}\r\n", UPGRADE.replace("13", "8")),
+                "/",
+                426,
+            ),
+        ];
+        for (raw, prefix, expected) in cases {
+            assert_eq!(status(head(&raw, prefix).await), expected, "{raw}");
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_raw_origin_and_early_bytes() {
+        let mut raw = format!("GET / HTTP/1.1\r\n{UPGRADE}Origin: Jos").into_bytes();
+        raw.extend_from_slice(b"\xe9\r\n\r\nEARLY");
+        let mut input = &raw[..];
+        let Head::Upgrade(u) = read_head(&mut input, 8192, &PathPrefix::default())
+            .await
+            .unwrap()
+        else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(u.origin.as_deref(), Some(&b"Jos\xe9"[..]));
+        assert_eq!(u.leftover, b"EARLY");
+    }
+
+    #[tokio::test]
+    async fn oversized_head_is_refused() {
+        let raw = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+        assert_eq!(status(head(&raw, "/").await), 431);
+    }
+}

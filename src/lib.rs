@@ -1,0 +1,38 @@
+//! wssgate: a WebSocket gateway that routes messages between named clients.
+//!
+//! Clients name themselves in the `Origin` header (or `?name=`), and send
+//! plain text to the operator or `{"src","dst","msg"}` JSON that the gateway
+//! routes privately to the client named `dst` (PROTOCOL.md). The modules, in
+//! the order a connection meets them:
+//!
+//! - [`config`]: the TOML config, its defaults and validation.
+//! - [`modes`]: the four security modes of a listener.
+//! - [`gateway`]: listeners, the upgrade with identity and limits, lifecycle.
+//! - [`handshake`]: the HTTP request head and the upgrade or refusal answer.
+//! - [`identity`]: client names from `?name=` or `Origin`, the Qt name rules.
+//! - [`session`]: one connection's task: read, route, batch-write, ping, close.
+//! - [`protocol`]: what a client frame means; the gateway's notices (pure).
+//! - [`router`]: the origin-keyed routing core: names, rooms, policies (no sockets).
+//! - [`events`]: operator events fanned out to `GET /events`.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`admin`]: the operator HTTP API.
+//! - [`operator`]: the client of that API behind `wssgate admin`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod events;
+pub mod gateway;
+pub mod handshake;
+pub mod identity;
+pub mod metrics;
+pub mod modes;
+pub mod operator;
+pub mod protocol;
+pub mod router;
+pub mod session;
+
+pub use config::Config;
+pub use gateway::{Server, StartError, serve};

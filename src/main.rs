@@ -1,0 +1,205 @@
+//! The `wssgate` command: parses flags and calls the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use wssgate::config::{Config, DEFAULT_CONFIG_PATH};
+use wssgate::operator::Operator;
+
+#[derive(Parser)]
+#[command(
+    name = "wssgate",
+    version,
+    about = "A WebSocket gateway that routes messages between named clients"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file; default: config/gateway.toml if present, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and exit (0 when valid).
+    CheckConfig {
+        /// Config file; default: config/gateway.toml.
+        path: Option<PathBuf>,
+    },
+    /// Talk to a running gateway's operator API.
+    Admin {
+        /// Admin API base URL; default: from the config's [admin] bind.
+        #[arg(long, env = "WSSGATE_ADMIN_URL")]
+        url: Option<String>,
+        /// Bearer token; default: the config's [admin] token.
+        #[arg(long, env = "WSSGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Config to read the admin address and token from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// List connected clients.
+    Clients {
+        /// Print the JSON the API returns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send TEXT to the client(s) named NAME.
+    Send {
+        /// Recipient name.
+        name: String,
+        /// Text to send.
+        text: String,
+    },
+    /// Send TEXT to every client.
+    Broadcast {
+        /// Text to send.
+        text: String,
+    },
+    /// Follow operator events (messages to the server, connects, errors) as JSON lines.
+    Events,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wssgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let (config, source) = load(config.as_deref())?;
+            init_logs(&config.log.level.0);
+            tracing::info!(config = %source, "starting wssgate {}", env!("CARGO_PKG_VERSION"));
+            wssgate::serve(config, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { path } => {
+            let path = path.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+            let config = Config::load(&path)?;
+            println!(
+                "{}: ok ({} listener(s))",
+                path.display(),
+                config.listeners.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin {
+            url,
+            token,
+            config,
+            action,
+        } => {
+            let (config, _) = load(config.as_deref())?;
+            let admin = config.admin.get_ref();
+            let url = url.unwrap_or_else(|| format!("http://{}", admin.bind));
+            let operator = Operator::new(&url, token.or_else(|| admin.token.clone()));
+            admin_action(&operator, action).await
+        }
+    }
+}
+
+async fn admin_action(operator: &Operator, action: AdminAction) -> Result<ExitCode> {
+    match action {
+        AdminAction::Clients { json } => {
+            let clients = operator.clients().await?;
+            if json {
+                for c in &clients {
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": c.name, "remote": c.remote, "listener": c.listener, "tls": c.tls, "connected_at": c.connected_at})
+                    );
+                }
+            } else {
+                println!(
+                    "{:<24} {:<22} {:<10} {:<5} CONNECTED",
+                    "NAME", "REMOTE", "LISTENER", "TLS"
+                );
+                for c in &clients {
+                    println!(
+                        "{:<24} {:<22} {:<10} {:<5} {}",
+                        c.name, c.remote, c.listener, c.tls, c.connected_at
+                    );
+                }
+                println!("{} connected", clients.len());
+            }
+        }
+        AdminAction::Send { name, text } => {
+            let n = operator.send(&name, &text).await?;
+            println!("delivered to {n} session(s) of {name}");
+        }
+        AdminAction::Broadcast { text } => {
+            let n = operator.broadcast(&text).await?;
+            println!("delivered to {n} session(s)");
+        }
+        AdminAction::Events => {
+            operator.events(|json| println!("{json}")).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The config from `path`, else `config/gateway.toml` if present, else built-in.
+fn load(path: Option<&Path>) -> Result<(Config, String)> {
+    if let Some(path) = path {
+        return Ok((Config::load(path)?, path.display().to_string()));
+    }
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    if default.exists() {
+        return Ok((Config::load(default)?, DEFAULT_CONFIG_PATH.to_owned()));
+    }
+    Ok((Config::builtin(), "built-in defaults".to_owned()))
+}
+
+fn init_logs(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,174 @@
+//! Prometheus metrics (through `prometheus-client`, the Prometheus project's
+//! own Rust client). Every counter on the message path is created once at
+//! start, so counting a message is one atomic add and never a map lookup.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Kinds of routed messages, a label of `wssgate_messages_routed_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RouteKind {
+    /// Client to client.
+    private,
+    /// Client to a room.
+    room,
+    /// Client to the operator.
+    to_server,
+    /// Operator to everyone.
+    broadcast,
+    /// Operator to one name.
+    send,
+}
+
+/// Kinds of errors, a label of `wssgate_errors_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ErrorKind {
+    /// A message to a name that is not connected.
+    unknown_recipient,
+    /// A malformed request (bad `dst`, bad room).
+    invalid_request,
+    /// A message over `max_message_size`.
+    too_large,
+    /// A WebSocket protocol violation or bad UTF-8.
+    protocol,
+    /// A receiver closed with 1013 because its queue was full.
+    slow_consumer,
+    /// A peer silent for longer than `idle_timeout`.
+    idle_timeout,
+    /// A handshake refused or failed.
+    handshake,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    kind: RouteKind,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabel {
+    kind: ErrorKind,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
+/// The gateway's metrics; one per gateway, shared by reference.
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<ListenerLabel, Gauge>,
+    connections_total: Family<ListenerLabel, Counter>,
+    routed: Family<RouteLabel, Counter>,
+    errors: Family<ErrorLabel, Counter>,
+    refusals: Family<StatusLabel, Counter>,
+    queue_drops: Counter,
+}
+
+/// Per-listener handles, created once per listener.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    /// Open sessions on the listener.
+    pub open: Gauge,
+    /// Sessions ever admitted on the listener.
+    pub total: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("wssgate"),
+            connections: Family::default(),
+            connections_total: Family::default(),
+            routed: Family::default(),
+            errors: Family::default(),
+            refusals: Family::default(),
+            queue_drops: Counter::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "connections",
+            "Open WebSocket sessions by listener",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "WebSocket sessions admitted by listener",
+            m.connections_total.clone(),
+        );
+        r.register(
+            "messages_routed",
+            "Messages routed by kind",
+            m.routed.clone(),
+        );
+        r.register("errors", "Errors by kind", m.errors.clone());
+        r.register(
+            "handshake_refusals",
+            "Handshakes refused, by HTTP status",
+            m.refusals.clone(),
+        );
+        r.register(
+            "queue_drops",
+            "Frames dropped because a receiver's outbound queue was full",
+            m.queue_drops.clone(),
+        );
+        m
+    }
+
+    /// Handles for one listener.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let label = ListenerLabel {
+            listener: name.to_owned(),
+        };
+        ListenerMetrics {
+            open: self.connections.get_or_create_owned(&label),
+            total: self.connections_total.get_or_create_owned(&label),
+        }
+    }
+
+    /// The counter for one kind of routed message (clone it once, add often).
+    pub fn routed(&self, kind: RouteKind) -> Counter {
+        self.routed.get_or_create_owned(&RouteLabel { kind })
+    }
+
+    /// Counts one error.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors.get_or_create(&ErrorLabel { kind }).inc();
+    }
+
+    /// Counts one refused handshake.
+    pub fn refusal(&self, status: u16) {
+        self.refusals.get_or_create(&StatusLabel { status }).inc();
+        self.error(ErrorKind::handshake);
+    }
+
+    /// Counts one frame dropped at a full queue.
+    pub fn queue_drop(&self) {
+        self.queue_drops.inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .unwrap_or_else(|_| unreachable!("writing to a String cannot fail"));
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,179 @@
+//! The client of the operator API, behind `wssgate admin`: list clients,
+//! send to one, broadcast, follow events. Uses reqwest (plain HTTP only: the
+//! admin listener is meant for loopback or a private network).
+
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+/// One connected client as `GET /clients` reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClientRow {
+    /// Client name.
+    pub name: String,
+    /// Real client address.
+    pub remote: String,
+    /// Listener it came through.
+    pub listener: String,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// RFC 3339 time of the handshake.
+    pub connected_at: String,
+    /// Whether its name is a provisional Qt name.
+    #[serde(default)]
+    pub provisional: bool,
+}
+
+/// Why an operator request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The gateway could not be reached or answered garbage.
+    #[error("cannot reach the admin API at {url}: {source}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The token is missing or wrong.
+    #[error("the admin API refused the request (401): pass --token or set WSSGATE_ADMIN_TOKEN")]
+    Unauthorized,
+    /// `send` to a name that is not connected.
+    #[error("recipient not connected: {0}")]
+    NotConnected(String),
+    /// Any other unexpected answer.
+    #[error("the admin API answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: StatusCode,
+        /// Body text.
+        body: String,
+    },
+    /// The answer was not the JSON expected.
+    #[error("unexpected answer from the admin API: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// A connection to one gateway's admin API.
+pub struct Operator {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Delivered {
+    delivered: usize,
+}
+
+impl Operator {
+    /// Talks to the admin API at `base` (e.g. `http://127.0.0.1:9090`).
+    pub fn new(base: &str, token: Option<String>) -> Operator {
+        Operator {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `GET /clients`.
+    pub async fn clients(&self) -> Result<Vec<ClientRow>, OperatorError> {
+        let body = self.request(reqwest::Method::GET, "/clients", None).await?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// `POST /send/{name}`: how many sessions got it.
+    pub async fn send(&self, name: &str, text: &str) -> Result<usize, OperatorError> {
+        let path = format!("/send/{}", utf8_percent_encode(name, NON_ALPHANUMERIC));
+        match self
+            .request(reqwest::Method::POST, &path, Some(text.to_owned()))
+            .await
+        {
+            Err(OperatorError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
+                Err(OperatorError::NotConnected(name.to_owned()))
+            }
+            other => Ok(serde_json::from_str::<Delivered>(&other?)?.delivered),
+        }
+    }
+
+    /// `POST /broadcast`: how many sessions got it.
+    pub async fn broadcast(&self, text: &str) -> Result<usize, OperatorError> {
+        let body = self
+            .request(reqwest::Method::POST, "/broadcast", Some(text.to_owned()))
+            .await?;
+        Ok(serde_json::from_str::<Delivered>(&body)?.delivered)
+    }
+
+    /// `GET /events`: calls `on_event` with each event's JSON until the stream ends.
+    pub async fn events(&self, mut on_event: impl FnMut(&str)) -> Result<(), OperatorError> {
+        let mut response = self
+            .send_request(reqwest::Method::GET, "/events", None)
+            .await?;
+        let url = self.url("/events");
+        let mut pending = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|source| OperatorError::Http {
+                url: url.clone(),
+                source,
+            })?
+        {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(data) = line.trim_end().strip_prefix("data:") {
+                    on_event(data.trim_start());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<reqwest::Response, OperatorError> {
+        let url = self.url(path);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| OperatorError::Http { url, source })?;
+        match response.status() {
+            s if s.is_success() => Ok(response),
+            StatusCode::UNAUTHORIZED => Err(OperatorError::Unauthorized),
+            status => Err(OperatorError::Status {
+                status,
+                body: response.text().await.unwrap_or_default().trim().to_owned(),
+            }),
+        }
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<String, OperatorError> {
+        let url = self.url(path);
+        self.send_request(method, path, body)
+            .await?
+            .text()
+            .await
+            .map_err(|source| OperatorError::Http { url, source })
+    }
+}

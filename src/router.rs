@@ -1,0 +1,627 @@
+//! The origin-keyed routing core: names to sessions, rooms, the duplicate
+//! policy and the Qt provisional-name rule. It knows no sockets: a session is
+//! a [`SessionHandle`], and delivery is `try_send` on its bounded queue.
+//!
+//! Routing never waits for a receiver. A receiver whose queue is full is the
+//! slow consumer: it is closed with 1013 and the sender carries on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use indexmap::IndexMap;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DuplicatePolicy;
+use crate::events::{Event, Events};
+use crate::identity::{Claim, ClientName, qt_latin1};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::protocol::Notice;
+
+/// Close code for a session replaced by a newer one of the same name.
+pub const CLOSE_REPLACED: u16 = 4000;
+/// Close code for a slow consumer.
+pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
+
+/// Facts about a session shown to the operator.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The listener it came through.
+    pub listener: Arc<str>,
+    /// True when it came over TLS.
+    pub tls: bool,
+    /// When the handshake completed.
+    pub connected_at: SystemTime,
+}
+
+/// The router's view of one session: where to put its outbound frames and
+/// how to close it.
+pub struct SessionHandle {
+    id: u64,
+    name: Mutex<ClientName>,
+    provisional: AtomicBool,
+    tx: mpsc::Sender<Message>,
+    close: CancellationToken,
+    close_code: AtomicU16,
+    /// Operator-facing facts.
+    pub info: ClientInfo,
+}
+
+/// Why a session could not be admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    /// The name is connected and the policy is `reject`.
+    #[error("name already connected: {0}")]
+    Duplicate(String),
+}
+
+/// Why a room request failed; the text goes back in an `error` notice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomError {
+    /// Sending to a room the sender has not joined.
+    #[error("not a member of {0}")]
+    NotMember(String),
+    /// Over `max_rooms_per_session`.
+    #[error("too many rooms: at most {0} per session")]
+    TooMany(usize),
+}
+
+impl SessionHandle {
+    /// The session's unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The session's current name.
+    pub fn name(&self) -> ClientName {
+        lock(&self.name).clone()
+    }
+
+    /// True while the name may still be replaced by a Qt client's full name.
+    pub fn is_provisional(&self) -> bool {
+        self.provisional.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the session has been told to close.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.close.cancelled()
+    }
+
+    /// The close code asked for, if any (0 when the shutdown closed it).
+    pub fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Acquire)
+    }
+
+    /// Asks the session to close with `code`; the first code asked wins.
+    /// Returns true if this call was the first.
+    pub fn close_with(&self, code: u16) -> bool {
+        let first = self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        self.close.cancel();
+        first
+    }
+
+    /// Queues a frame without waiting. A full queue closes the session as a
+    /// slow consumer. Returns true when the frame was queued.
+    fn deliver(&self, frame: Message, router: &Router) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                router.metrics.queue_drop();
+                if self.close_with(CLOSE_SLOW_CONSUMER) {
+                    router.metrics.error(ErrorKind::slow_consumer);
+                    let name = self.name();
+                    tracing::warn!(client = %name, remote = %self.info.remote, "outbound queue full, closing slow consumer");
+                    router.events.publish(&Event::Error {
+                        name: name.as_str(),
+                        remote: self.info.remote,
+                        msg: "slow consumer: outbound queue full",
+                    });
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Policies the router applies.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Duplicate-name policy.
+    pub on_duplicate: DuplicatePolicy,
+    /// Presence notices to everyone on connect and disconnect.
+    pub presence: bool,
+    /// Rooms one session may join.
+    pub max_rooms_per_session: usize,
+}
+
+type Members = IndexMap<u64, Arc<SessionHandle>>;
+
+#[derive(Default)]
+struct State {
+    names: HashMap<Arc<str>, Vec<Arc<SessionHandle>>>,
+    rooms: HashMap<Arc<str>, Members>,
+    memberships: HashMap<u64, Vec<Arc<str>>>,
+    sessions: usize,
+}
+
+/// The routing core. One per gateway, shared by every listener.
+pub struct Router {
+    config: RouterConfig,
+    state: RwLock<State>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+    events: Events,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(config: RouterConfig, metrics: Arc<Metrics>, events: Events) -> Router {
+        Router {
+            config,
+            state: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            metrics,
+            events,
+        }
+    }
+
+    /// The metrics the router counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The operator event hub.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Admits a session under the duplicate policy. `close` is the session's
+    /// own cancellation token (a child of the shutdown token).
+    pub fn admit(
+        &self,
+        claim: Claim,
+        info: ClientInfo,
+        tx: mpsc::Sender<Message>,
+        close: CancellationToken,
+    ) -> Result<Arc<SessionHandle>, AdmitError> {
+        let handle = Arc::new(SessionHandle {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            name: Mutex::new(claim.name.clone()),
+            provisional: AtomicBool::new(claim.provisional),
+            tx,
+            close,
+            close_code: AtomicU16::new(0),
+            info,
+        });
+        let mut state = self.write();
+        if let Some(existing) = state.names.get(claim.name.as_str()) {
+            // Provisional names are exempt from the policy among themselves.
+            let conflicts: Vec<Arc<SessionHandle>> = existing
+                .iter()
+                .filter(|s| !(claim.provisional && s.is_provisional()))
+                .cloned()
+                .collect();
+            if !conflicts.is_empty() {
+                match self.config.on_duplicate {
+                    DuplicatePolicy::Reject => {
+                        return Err(AdmitError::Duplicate(claim.name.to_string()));
+                    }
+                    DuplicatePolicy::Allow => {}
+                    DuplicatePolicy::Replace => {
+                        for old in conflicts {
+                            tracing::info!(client = %claim.name, remote = %old.info.remote, "replaced by a newer session");
+                            old.close_with(CLOSE_REPLACED);
+                            state.remove(&old);
+                        }
+                    }
+                }
+            }
+        }
+        state
+            .names
+            .entry(claim.name.as_arc().clone())
+            .or_default()
+            .push(handle.clone());
+        state.sessions += 1;
+        if self.config.presence {
+            self.presence(&state, &handle, true);
+        }
+        Ok(handle)
+    }
+
+    /// Removes a session (from its name and every room). Idempotent.
+    pub fn remove(&self, handle: &Arc<SessionHandle>) {
+        let mut state = self.write();
+        if state.remove(handle) && self.config.presence {
+            self.presence(&state, handle, false);
+        }
+    }
+
+    /// Number of open sessions.
+    pub fn len(&self) -> usize {
+        self.read().sessions
+    }
+
+    /// True when no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The Qt rule: a provisional session whose JSON `src` is its full name
+    /// (the name turns into the provisional one under Qt's substitution) takes
+    /// that name, once, if it is free. Returns the new name when it changed.
+    pub fn claim_full_name(&self, handle: &Arc<SessionHandle>, src: &str) -> Option<ClientName> {
+        if !handle.is_provisional() {
+            return None;
+        }
+        let old = handle.name();
+        if src == old.as_str() || qt_latin1(src) != old.as_str() {
+            return None;
+        }
+        let full = ClientName::new(src).ok()?;
+        let mut state = self.write();
+        if state.names.contains_key(full.as_str()) || !state.remove_name(handle, &old) {
+            return None;
+        }
+        state
+            .names
+            .entry(full.as_arc().clone())
+            .or_default()
+            .push(handle.clone());
+        *lock(&handle.name) = full.clone();
+        handle.provisional.store(false, Ordering::Relaxed);
+        drop(state);
+        tracing::info!(client = %full, provisional = %old, remote = %handle.info.remote, "provisional name replaced by full name");
+        self.events.publish(&Event::Rename {
+            from: old.as_str(),
+            to: full.as_str(),
+        });
+        Some(full)
+    }
+
+    /// Delivers `frame` to every session named `dst` (or to the one
+    /// provisional session whose name `dst` turns into under Qt's
+    /// substitution). Returns how many sessions got it; 0 means nobody is
+    /// connected under that name.
+    pub fn send_to_name(&self, dst: &str, frame: Message) -> usize {
+        let state = self.read();
+        let targets = state.lookup(dst);
+        let mut delivered = 0;
+        for target in targets {
+            delivered += usize::from(target.deliver(frame.clone(), self));
+        }
+        delivered
+    }
+
+    /// True when a message to `dst` would reach someone.
+    pub fn is_connected(&self, dst: &str) -> bool {
+        !self.read().lookup(dst).is_empty()
+    }
+
+    /// Delivers `frame` to every member of `room` but `from`. Returns how many got it.
+    pub fn send_to_room(
+        &self,
+        from: &SessionHandle,
+        room: &str,
+        frame: Message,
+    ) -> Result<usize, RoomError> {
+        let state = self.read();
+        let members = state
+            .rooms
+            .get(room)
+            .filter(|m| m.contains_key(&from.id))
+            .ok_or_else(|| RoomError::NotMember(room.to_owned()))?;
+        let mut delivered = 0;
+        for member in members.values().filter(|m| m.id != from.id) {
+            delivered += usize::from(member.deliver(frame.clone(), self));
+        }
+        Ok(delivered)
+    }
+
+    /// Adds `handle` to `room` (joining twice is harmless).
+    pub fn join(&self, handle: &Arc<SessionHandle>, room: &str) -> Result<(), RoomError> {
+        let mut state = self.write();
+        let joined = state.memberships.entry(handle.id).or_default();
+        if joined.iter().any(|r| &**r == room) {
+            return Ok(());
+        }
+        if joined.len() >= self.config.max_rooms_per_session {
+            return Err(RoomError::TooMany(self.config.max_rooms_per_session));
+        }
+        let room: Arc<str> = room.into();
+        joined.push(room.clone());
+        state
+            .rooms
+            .entry(room)
+            .or_default()
+            .insert(handle.id, handle.clone());
+        Ok(())
+    }
+
+    /// Removes `handle` from `room` (leaving a room not joined is harmless).
+    pub fn leave(&self, handle: &SessionHandle, room: &str) {
+        let mut state = self.write();
+        if let Some(joined) = state.memberships.get_mut(&handle.id) {
+            joined.retain(|r| &**r != room);
+        }
+        state.leave_room(handle.id, room);
+    }
+
+    /// Sorted, distinct names of the connected sessions, or of a room's members.
+    pub fn names(&self, room: Option<&str>) -> Vec<String> {
+        let state = self.read();
+        let mut names: Vec<String> = match room {
+            None => state.names.keys().map(|n| n.to_string()).collect(),
+            Some(room) => state
+                .rooms
+                .get(room)
+                .map(|m| m.values().map(|s| s.name().to_string()).collect())
+                .unwrap_or_default(),
+        };
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Every open session, for the operator.
+    pub fn sessions(&self) -> Vec<Arc<SessionHandle>> {
+        let state = self.read();
+        let mut all: Vec<Arc<SessionHandle>> = state.names.values().flatten().cloned().collect();
+        all.sort_unstable_by_key(|s| s.id);
+        all
+    }
+
+    /// Sends `frame` to every session. Returns how many got it.
+    pub fn broadcast(&self, frame: Message) -> usize {
+        let state = self.read();
+        let mut delivered = 0;
+        for session in state.names.values().flatten() {
+            delivered += usize::from(session.deliver(frame.clone(), self));
+        }
+        delivered
+    }
+
+    /// Queues a frame for one session (a reply to its own request).
+    pub fn reply(&self, handle: &SessionHandle, frame: Message) -> bool {
+        handle.deliver(frame, self)
+    }
+
+    fn presence(&self, state: &State, subject: &SessionHandle, joined: bool) {
+        let name = subject.name();
+        for session in state.names.values().flatten() {
+            if session.id == subject.id {
+                continue;
+            }
+            let receiver = session.name();
+            let notice = Notice::presence(receiver.as_str(), joined, name.as_str()).to_json();
+            session.deliver(Message::text(notice), self);
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock leaves maps that are still consistent
+        // (every update is a single insert or remove), so poisoning is ignored.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// The sessions a message to `dst` reaches.
+    fn lookup(&self, dst: &str) -> &[Arc<SessionHandle>] {
+        if let Some(sessions) = self.names.get(dst) {
+            return sessions;
+        }
+        let substituted = qt_latin1(dst);
+        if substituted == dst {
+            return &[];
+        }
+        match self.names.get(&*substituted) {
+            Some(sessions) => {
+                let mut provisional = sessions.iter().filter(|s| s.is_provisional());
+                match (provisional.next(), provisional.next()) {
+                    (Some(one), None) => std::slice::from_ref(one),
+                    _ => &[],
+                }
+            }
+            None => &[],
+        }
+    }
+
+    /// Removes a session everywhere; false if it was already gone.
+    fn remove(&mut self, handle: &SessionHandle) -> bool {
+        let name = handle.name();
+        if !self.remove_name(handle, &name) {
+            return false;
+        }
+        self.sessions -= 1;
+        for room in self.memberships.remove(&handle.id).unwrap_or_default() {
+            self.leave_room(handle.id, &room);
+        }
+        true
+    }
+
+    fn remove_name(&mut self, handle: &SessionHandle, name: &ClientName) -> bool {
+        let Some(sessions) = self.names.get_mut(name.as_str()) else {
+            return false;
+        };
+        let before = sessions.len();
+        sessions.retain(|s| s.id != handle.id);
+        let removed = sessions.len() != before;
+        if sessions.is_empty() {
+            self.names.remove(name.as_str());
+        }
+        removed
+    }
+
+    fn leave_room(&mut self, id: u64, room: &str) {
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.swap_remove(&id);
+            if members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values are replaced whole, so a poisoned lock is still valid.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::claim;
+
+    struct Client {
+        handle: Arc<SessionHandle>,
+        rx: mpsc::Receiver<Message>,
+    }
+
+    impl Client {
+        fn texts(&mut self) -> Vec<String> {
+            let mut out = Vec::new();
+            while let Ok(m) = self.rx.try_recv() {
+                out.push(m.into_text().unwrap().to_string());
+            }
+            out
+        }
+    }
+
+    fn router(policy: DuplicatePolicy) -> Router {
+        Router::new(
+            RouterConfig {
+                on_duplicate: policy,
+                presence: false,
+                max_rooms_per_session: 2,
+            },
+            Arc::new(Metrics::new()),
+            Events::new(),
+        )
+    }
+
+    fn connect(r: &Router, origin: &str, queue: usize) -> Result<Client, AdmitError> {
+        let (tx, rx) = mpsc::channel(queue);
+        let info = ClientInfo {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            listener: "ws".into(),
+            tls: false,
+            connected_at: SystemTime::now(),
+        };
+        let c = claim(None, Some(origin.as_bytes())).unwrap();
+        let handle = r.admit(c, info, tx, CancellationToken::new())?;
+        Ok(Client { handle, rx })
+    }
+
+    #[test]
+    fn duplicate_policies() {
+        let r = router(DuplicatePolicy::Reject);
+        let _a = connect(&r, "a", 8).unwrap();
+        assert_eq!(
+            connect(&r, "a", 8).err(),
+            Some(AdmitError::Duplicate("a".into()))
+        );
+
+        let r = router(DuplicatePolicy::Replace);
+        let a1 = connect(&r, "a", 8).unwrap();
+        let _a2 = connect(&r, "a", 8).unwrap();
+        assert_eq!(a1.handle.close_code(), CLOSE_REPLACED);
+        assert_eq!(r.len(), 1);
+        r.remove(&a1.handle);
+        assert_eq!(
+            r.len(),
+            1,
+            "removing the replaced session keeps the new one"
+        );
+
+        let r = router(DuplicatePolicy::Allow);
+        let mut a1 = connect(&r, "a", 8).unwrap();
+        let mut a2 = connect(&r, "a", 8).unwrap();
+        assert_eq!(r.send_to_name("a", Message::text("x")), 2);
+        assert_eq!(a1.texts(), ["x"]);
+        assert_eq!(a2.texts(), ["x"]);
+        assert_eq!(r.names(None), ["a"]);
+    }
+
+    #[test]
+    fn slow_consumer_is_closed_and_sender_unaffected() {
+        let r = router(DuplicatePolicy::Reject);
+        let slow = connect(&r, "slow", 2).unwrap();
+        let mut fast = connect(&r, "fast", 8).unwrap();
+        for _ in 0..2 {
+            assert_eq!(r.send_to_name("slow", Message::text("x")), 1);
+        }
+        assert_eq!(r.send_to_name("slow", Message::text("x")), 0);
+        assert_eq!(slow.handle.close_code(), CLOSE_SLOW_CONSUMER);
+        assert_eq!(r.send_to_name("fast", Message::text("y")), 1);
+        assert_eq!(fast.texts(), ["y"]);
+    }
+
+    #[test]
+    fn rooms() {
+        let r = router(DuplicatePolicy::Reject);
+        let a = connect(&r, "a", 8).unwrap();
+        let mut b = connect(&r, "b", 8).unwrap();
+        let mut c = connect(&r, "c", 8).unwrap();
+        assert_eq!(
+            r.send_to_room(&a.handle, "#r", Message::text("x")),
+            Err(RoomError::NotMember("#r".into()))
+        );
+        r.join(&a.handle, "#r").unwrap();
+        r.join(&b.handle, "#r").unwrap();
+        r.join(&a.handle, "#r").unwrap();
+        assert_eq!(r.send_to_room(&a.handle, "#r", Message::text("x")), Ok(1));
+        assert_eq!(b.texts(), ["x"]);
+        assert!(c.texts().is_empty());
+        assert_eq!(r.names(Some("#r")), ["a", "b"]);
+        r.join(&a.handle, "#s").unwrap();
+        assert_eq!(r.join(&a.handle, "#t"), Err(RoomError::TooMany(2)));
+        r.leave(&b.handle, "#r");
+        assert_eq!(r.names(Some("#r")), ["a"]);
+        r.remove(&a.handle);
+        assert!(r.names(Some("#r")).is_empty());
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn provisional_qt_names() {
+        let r = router(DuplicatePolicy::Reject);
+        let c1 = connect(&r, "C1?????", 8).unwrap();
+        let mut c2 = connect(&r, "C2?????", 8).unwrap();
+        // Two provisional sessions of one name may wait side by side.
+        let other = connect(&r, "C2?????", 8).unwrap();
+        r.remove(&other.handle);
+        // Before C2 spoke, a message to its full name reaches the one provisional match.
+        assert_eq!(r.send_to_name("C2我是客户端", Message::text("early")), 1);
+        assert_eq!(c2.texts(), ["early"]);
+        // C1 takes its full name from its JSON src.
+        assert_eq!(r.claim_full_name(&c1.handle, "C1wrong"), None);
+        let full = r.claim_full_name(&c1.handle, "C1我是客户端").unwrap();
+        assert_eq!(full.as_str(), "C1我是客户端");
+        assert!(!c1.handle.is_provisional());
+        assert_eq!(r.claim_full_name(&c1.handle, "C1我是客户端"), None, "once");
+        assert_eq!(r.names(None), ["C1我是客户端", "C2?????"]);
+    }
+
+    #[test]
+    fn provisional_fallback_needs_exactly_one_match() {
+        let r = router(DuplicatePolicy::Reject);
+        let _a = connect(&r, "C?", 8).unwrap();
+        let _b = connect(&r, "C?", 8).unwrap();
+        assert_eq!(r.send_to_name("C我", Message::text("x")), 0);
+    }
+}

@@ -1,0 +1,388 @@
+//! One admitted connection: a single task that reads client frames and hands
+//! them to the router, writes what the router queued for it (every ready
+//! frame, then one flush), pings, and closes with the right code.
+//!
+//! One task rather than a reader and a writer keeps an idle session small;
+//! every `select!` arm is cancel-safe (`next()` on the stream, `recv()` on the
+//! queue, a tick, a cancellation), and the write phase watches the close
+//! token so that a peer that never reads cannot hold the task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+
+use crate::events::Event;
+use crate::metrics::{ErrorKind, RouteKind};
+use crate::protocol::{self, Envelope, Notice, Request};
+use crate::router::{CLOSE_REPLACED, CLOSE_SLOW_CONSUMER, Router, SessionHandle};
+
+/// Frames written per flush at most, so one busy queue cannot starve reading.
+const MAX_BATCH: usize = 64;
+/// Time given to a slow consumer's close frame before the socket is dropped.
+const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Timers of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTimers {
+    /// Interval between pings.
+    pub ping_interval: Duration,
+    /// Silence after which the peer is closed.
+    pub idle_timeout: Duration,
+    /// Drain time when closing.
+    pub close_grace: Duration,
+}
+
+/// Why a session ended, for the disconnect log line.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    Gone(String),
+    Closed { code: u16, reason: &'static str },
+}
+
+/// Runs a session to its end; the handle is removed from the router after.
+pub async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    handle: Arc<SessionHandle>,
+    mut rx: mpsc::Receiver<Message>,
+    router: Arc<Router>,
+    timers: SessionTimers,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let counters = Counters::new(&router);
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + timers.ping_interval, timers.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut heard = false;
+    let mut silent = Duration::ZERO;
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = handle.closed() => break closing_end(handle.close_code()),
+            Some(first) = rx.recv() => {
+                let batch = write_batch(&mut ws, first, &mut rx);
+                tokio::select! {
+                    result = batch => if let Err(e) = result {
+                        break End::Gone(format!("write failed: {e}"));
+                    },
+                    () = handle.closed() => break closing_end(handle.close_code()),
+                }
+            }
+            frame = ws.next() => {
+                heard = true;
+                let Some(frame) = frame else { break End::Gone("connection closed without a close frame".into()) };
+                match frame {
+                    Ok(Message::Text(text)) => on_text(&router, &handle, &counters, text),
+                    Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, &data),
+                    Ok(Message::Ping(_)) => {
+                        // tungstenite queued the pong; send it now.
+                        if let Err(e) = ws.flush().await {
+                            break End::Gone(format!("write failed: {e}"));
+                        }
+                    }
+                    Ok(Message::Pong(_) | Message::Frame(_)) => {}
+                    Ok(Message::Close(_)) => {
+                        // tungstenite queued the close reply; flushing sends it.
+                        let _ = ws.flush().await;
+                        break End::ClientClosed;
+                    }
+                    Err(e) => break on_read_error(&router, &handle, e),
+                }
+            }
+            _ = ping.tick() => {
+                silent = if heard { Duration::ZERO } else { silent + timers.ping_interval };
+                heard = false;
+                if silent >= timers.idle_timeout {
+                    router.metrics().error(ErrorKind::idle_timeout);
+                    break End::Closed { code: 1000, reason: "idle timeout" };
+                }
+                if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
+                    break End::Gone(format!("write failed: {e}"));
+                }
+            }
+        }
+    };
+
+    router.remove(&handle);
+    let name = handle.name();
+    let remote = handle.info.remote;
+    let reason = match &end {
+        End::ClientClosed => "client closed".to_owned(),
+        End::Gone(why) => why.clone(),
+        End::Closed { code, reason } => format!("closed by gateway: {code} {reason}"),
+    };
+    if let End::Closed { code, reason } = end {
+        close(&mut ws, &mut rx, code, reason, timers.close_grace).await;
+    }
+    tracing::info!(client = %name, %remote, %reason, "disconnected");
+    router.events().publish(&Event::Disconnect {
+        name: name.as_str(),
+        remote,
+        reason: &reason,
+    });
+}
+
+/// The end chosen by whoever cancelled the session.
+fn closing_end(code: u16) -> End {
+    let reason = match code {
+        CLOSE_REPLACED => "replaced",
+        CLOSE_SLOW_CONSUMER => "slow consumer",
+        1009 => "message too big",
+        _ => "gateway shutting down",
+    };
+    End::Closed {
+        code: if code == 0 { 1001 } else { code },
+        reason,
+    }
+}
+
+/// Feeds `first` and every frame already queued (up to a batch), then flushes once.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.feed(first).await?;
+    for _ in 1..MAX_BATCH {
+        match rx.try_recv() {
+            Ok(frame) => ws.feed(frame).await?,
+            Err(_) => break,
+        }
+    }
+    ws.flush().await
+}
+
+/// Sends what is queued, then the close frame, and waits for the peer's
+/// close reply; all within `grace`.
+async fn close<S>(
+    ws: &mut WebSocketStream<S>,
+    rx: &mut mpsc::Receiver<Message>,
+    code: u16,
+    reason: &'static str,
+    grace: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from_static(reason),
+    };
+    // A slow consumer is not reading: its queue stays behind, and its close
+    // frame gets only a short time.
+    let (drain, grace) = if code == CLOSE_SLOW_CONSUMER {
+        (false, SLOW_CLOSE_TIMEOUT.min(grace))
+    } else {
+        (true, grace)
+    };
+    let closing = async {
+        if drain {
+            rx.close();
+            while let Some(queued) = rx.recv().await {
+                ws.feed(queued).await?;
+            }
+        }
+        ws.send(Message::Close(Some(frame))).await?;
+        // Read until the peer's close reply ends the stream.
+        while let Some(Ok(_)) = ws.next().await {}
+        Ok::<(), WsError>(())
+    };
+    let _ = tokio::time::timeout(grace, closing).await;
+}
+
+fn on_read_error(router: &Router, handle: &SessionHandle, e: WsError) -> End {
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    let name = handle.name();
+    let remote = handle.info.remote;
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            router.metrics().error(ErrorKind::too_large);
+            tracing::info!(client = %name, %remote, size, max_size, "message too large");
+            let notice = Notice::error(name.as_str(), "message too large", None).to_json();
+            router.reply(handle, Message::text(notice));
+            router.events().publish(&Event::Error {
+                name: name.as_str(),
+                remote,
+                msg: "message too large",
+            });
+            End::Closed {
+                code: 1009,
+                reason: "message too big",
+            }
+        }
+        WsError::Capacity(e) => {
+            router.metrics().error(ErrorKind::too_large);
+            tracing::debug!(client = %name, %remote, error = %e, "capacity exceeded");
+            End::Closed {
+                code: 1009,
+                reason: "message too big",
+            }
+        }
+        WsError::Utf8(e) => {
+            router.metrics().error(ErrorKind::protocol);
+            tracing::debug!(client = %name, %remote, error = %e, "text frame is not UTF-8");
+            End::Closed {
+                code: 1007,
+                reason: "text frame is not valid UTF-8",
+            }
+        }
+        WsError::Protocol(e) => {
+            router.metrics().error(ErrorKind::protocol);
+            tracing::debug!(client = %name, %remote, error = %e, "protocol violation");
+            End::Closed {
+                code: 1002,
+                reason: "protocol error",
+            }
+        }
+        other => End::Gone(format!("read failed: {other}")),
+    }
+}
+
+/// Counters on the message path, cloned once per session.
+struct Counters {
+    private: prometheus_client::metrics::counter::Counter,
+    room: prometheus_client::metrics::counter::Counter,
+    to_server: prometheus_client::metrics::counter::Counter,
+}
+
+impl Counters {
+    fn new(router: &Router) -> Counters {
+        let m = router.metrics();
+        Counters {
+            private: m.routed(RouteKind::private),
+            room: m.routed(RouteKind::room),
+            to_server: m.routed(RouteKind::to_server),
+        }
+    }
+}
+
+fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, text: Utf8Bytes) {
+    match protocol::classify(&text) {
+        Request::Private(envelope) => {
+            let dst = envelope.dst.clone();
+            let id = envelope.id.clone();
+            let frame = forward(router, handle, envelope);
+            if router.send_to_name(&dst, frame) == 0 {
+                reject(
+                    router,
+                    handle,
+                    ErrorKind::unknown_recipient,
+                    &format!("recipient not connected: {dst}"),
+                    id.as_ref(),
+                );
+            } else {
+                counters.private.inc();
+            }
+        }
+        Request::Room(envelope) => {
+            let room = envelope.dst.clone();
+            let id = envelope.id.clone();
+            let frame = forward(router, handle, envelope);
+            match router.send_to_room(handle, &room, frame) {
+                Ok(_) => {
+                    counters.room.inc();
+                }
+                Err(e) => reject(
+                    router,
+                    handle,
+                    ErrorKind::invalid_request,
+                    &e.to_string(),
+                    id.as_ref(),
+                ),
+            }
+        }
+        Request::Join { room, id } => {
+            if let Err(e) = router.join(handle, &room) {
+                reject(
+                    router,
+                    handle,
+                    ErrorKind::invalid_request,
+                    &e.to_string(),
+                    id.as_ref(),
+                );
+            }
+        }
+        Request::Leave { room, .. } => router.leave(handle, &room),
+        Request::List { room, id } => {
+            let names = router.names(room.as_deref());
+            let me = handle.name();
+            let notice = Notice::list(me.as_str(), &names, room.as_deref(), id.as_ref());
+            router.reply(handle, Message::text(notice.to_json()));
+        }
+        Request::Invalid { reason, id } => {
+            reject(
+                router,
+                handle,
+                ErrorKind::invalid_request,
+                &reason,
+                id.as_ref(),
+            );
+        }
+        Request::ToServer => {
+            counters.to_server.inc();
+            let name = handle.name();
+            let remote = handle.info.remote;
+            tracing::info!(client = %name, %remote, text = %text.as_str(), "message to server");
+            router.events().publish(&Event::Message {
+                name: name.as_str(),
+                remote,
+                text: &text,
+            });
+        }
+    }
+}
+
+/// The frame the receivers get; a provisional Qt name may first take the
+/// full name the client put in `src`.
+fn forward(router: &Router, handle: &Arc<SessionHandle>, envelope: Envelope) -> Message {
+    if let Some(src) = envelope.claimed_src.as_deref() {
+        router.claim_full_name(handle, src);
+    }
+    let name = handle.name();
+    Message::text(envelope.forward(name.as_str()))
+}
+
+fn on_binary(router: &Router, handle: &SessionHandle, counters: &Counters, data: &[u8]) {
+    counters.to_server.inc();
+    let name = handle.name();
+    let remote = handle.info.remote;
+    tracing::info!(client = %name, %remote, bytes = data.len(), "binary message to server");
+    router.events().publish(&Event::Binary {
+        name: name.as_str(),
+        remote,
+        base64: data_encoding::BASE64.encode(data),
+    });
+}
+
+/// Answers a request that failed with an `error` notice (never a silent drop).
+fn reject(
+    router: &Router,
+    handle: &SessionHandle,
+    kind: ErrorKind,
+    msg: &str,
+    reference: Option<&serde_json::Value>,
+) {
+    router.metrics().error(kind);
+    let name = handle.name();
+    let remote = handle.info.remote;
+    tracing::debug!(client = %name, %remote, error = msg, "request refused");
+    router.events().publish(&Event::Error {
+        name: name.as_str(),
+        remote,
+        msg,
+    });
+    let notice = Notice::error(name.as_str(), msg, reference).to_json();
+    router.reply(handle, Message::text(notice));
+}
