@@ -153,6 +153,10 @@ async fn events(
     State(state): State<AdminState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let receiver = state.shared.events.subscribe();
+    // The first event says the subscription is live: what follows is complete.
+    let subscribed = futures_util::stream::once(async {
+        Ok(SseEvent::default().data(r#"{"type":"subscribed"}"#))
+    });
     let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let event = match receiver.recv().await {
             Ok(json) => SseEvent::default().data(&*json),
@@ -165,7 +169,7 @@ async fn events(
         Some((Ok(event), receiver))
     })
     .take_until(state.shared.shutdown.clone().cancelled_owned());
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
+    Sse::new(subscribed.chain(stream)).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
 }
 
 async fn healthz(State(state): State<AdminState>) -> (StatusCode, &'static str) {

@@ -1,0 +1,267 @@
+//! Shared test harness: a real gateway on port 0, real WebSocket clients,
+//! raw HTTP for handshake refusals. Every wait awaits a socket event; the
+//! timeouts here only turn a hang into a failure.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use wssgate::operator::Operator;
+use wssgate::{Config, Server};
+
+/// How long any single expected event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A running gateway.
+pub struct Gateway {
+    /// The first WebSocket listener.
+    pub ws: SocketAddr,
+    /// Every WebSocket listener, by name.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// The admin API.
+    pub admin: SocketAddr,
+    /// The routing core, to look inside.
+    pub router: Arc<wssgate::router::Router>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+/// A gateway with one ws listener and admin on port 0, plus `extra` TOML
+/// (e.g. `[routing]` or `[limits]` tables).
+pub async fn start(extra: &str) -> Gateway {
+    let text = format!(
+        "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n{extra}"
+    );
+    start_config(&text).await
+}
+
+/// A gateway from complete config text (binds should use port 0).
+pub async fn start_config(text: &str) -> Gateway {
+    let config = Config::parse(text, Path::new("test.toml")).expect("test config is valid");
+    let server = Server::bind(config).await.expect("gateway binds");
+    let listeners = server.listener_addrs();
+    let admin = server.admin_addr().expect("admin enabled");
+    let router = server.router();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(server.run(async move { token.cancelled().await }));
+    Gateway {
+        ws: listeners[0].1,
+        listeners,
+        admin,
+        router,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+impl Gateway {
+    /// `ws://` URL of the first listener with `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.ws)
+    }
+
+    /// An operator API client.
+    pub fn operator(&self) -> Operator {
+        Operator::new(&format!("http://{}", self.admin), None)
+    }
+
+    /// An operator API client with a bearer token.
+    pub fn operator_with(&self, token: &str) -> Operator {
+        Operator::new(&format!("http://{}", self.admin), Some(token.to_owned()))
+    }
+
+    /// Starts the graceful shutdown and waits for the server to return.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("gateway stops in time")
+                .expect("gateway task did not panic");
+        }
+    }
+
+    /// Starts the shutdown without waiting.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits for the server task to return after `begin_shutdown`.
+    pub async fn wait_stopped(mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("gateway stops in time")
+                .expect("gateway task did not panic");
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Connects with raw `Origin` bytes (Latin-1 bytes allowed, as Qt sends them).
+pub async fn connect_origin(gw: &Gateway, origin: &[u8]) -> Ws {
+    try_connect(&gw.url("/"), Some(origin))
+        .await
+        .unwrap_or_else(|e| panic!("connect as {:?}: {e}", String::from_utf8_lossy(origin)))
+}
+
+/// Connects named `name` through `Origin`.
+pub async fn connect(gw: &Gateway, name: &str) -> Ws {
+    connect_origin(gw, name.as_bytes()).await
+}
+
+/// Connects to `url` with an optional raw `Origin`.
+pub async fn try_connect(
+    url: &str,
+    origin: Option<&[u8]>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut request = url.into_client_request()?;
+    if let Some(origin) = origin {
+        request.headers_mut().insert(
+            "Origin",
+            HeaderValue::from_bytes(origin).expect("test origin is a valid header value"),
+        );
+    }
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake in time")?;
+    Ok(ws)
+}
+
+/// The next text frame (pings and pongs skipped).
+pub async fn recv_text(ws: &mut Ws) -> String {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .expect("frame ok");
+        match frame {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// The next text frame, parsed as JSON.
+pub async fn recv_json(ws: &mut Ws) -> Value {
+    let text = recv_text(ws).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Sends a text frame.
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(Utf8Bytes::from(text)))
+        .await
+        .expect("send");
+}
+
+/// Sends a JSON value as a text frame.
+pub async fn send_json(ws: &mut Ws, value: &Value) {
+    send_text(ws, &value.to_string()).await;
+}
+
+/// Waits for the gateway's close frame; returns its code and reason.
+/// Text frames before it are returned too.
+pub async fn recv_close(ws: &mut Ws) -> (u16, String, Vec<String>) {
+    let mut texts = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time");
+        match frame {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string(), texts);
+            }
+            Some(Ok(Message::Close(None))) => return (1005, String::new(), texts),
+            Some(Ok(Message::Text(t))) => texts.push(t.to_string()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("error before close frame: {e}"),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+/// Close code as a number.
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
+
+/// A `list` round trip: the names connected now. Because a session handles
+/// its frames in order, this also proves every earlier frame was handled.
+pub async fn list(ws: &mut Ws) -> Vec<String> {
+    send_text(ws, r#"{"type":"list"}"#).await;
+    let reply = recv_json(ws).await;
+    assert_eq!(reply["type"], "list", "{reply}");
+    reply["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .map(|n| n.as_str().expect("name").to_owned())
+        .collect()
+}
+
+/// Sends raw bytes as an HTTP request and returns the status and body.
+pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+    stream.write_all(request).await.expect("write request");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    parse_response(&response)
+}
+
+/// A WebSocket upgrade request with the given path and extra header lines.
+pub fn upgrade_request(path: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
+    .into_bytes();
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn parse_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
