@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::modes::Mode;
+use crate::modes::{ClientAuth, IdentitySource, Mode};
 
 /// Where `serve` looks for a config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
@@ -64,6 +64,28 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// TLS settings shared by all listeners.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// How often certificate files are checked for changes (SIGHUP reloads at once).
+    pub reload_interval: ConfigDuration,
+}
+
+/// How often certificate files are checked for changes.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            reload_interval: ConfigDuration(DEFAULT_TLS_RELOAD_INTERVAL),
+        }
+    }
 }
 
 /// One `[[listener]]` table.
@@ -80,6 +102,72 @@ pub struct ListenerConfig {
     /// Path prefix under which WebSocket upgrades are accepted.
     #[serde(default)]
     pub path: PathPrefix,
+    /// TLS certificate chain (PEM, leaf first); TLS modes only.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1); TLS modes only.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Client certificates: none, optional or required.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// CA that client certificates must chain to (mode `secure`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Where client names come from: `claimed` or `certificate`.
+    #[serde(default)]
+    pub identity: IdentitySource,
+    /// Generate a development CA and server certificate at `cert`/`key`
+    /// when they are missing (never overwrites).
+    #[serde(default)]
+    pub dev_certs: bool,
+}
+
+impl ListenerConfig {
+    /// The TLS keys fit the mode.
+    fn check_tls(&self) -> Result<(), String> {
+        let mode = self.mode.as_str();
+        if !self.mode.is_tls() {
+            let tls_only = [
+                ("cert", self.cert.is_some()),
+                ("key", self.key.is_some()),
+                ("client_ca", self.client_ca.is_some()),
+                ("client_auth", self.client_auth != ClientAuth::None),
+                (
+                    "identity = \"certificate\"",
+                    self.identity == IdentitySource::Certificate,
+                ),
+                ("dev_certs", self.dev_certs),
+            ];
+            if let Some((key, _)) = tls_only.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "{key} is only for TLS modes (secure, accept-all, verify-none), not {mode}"
+                ));
+            }
+            return Ok(());
+        }
+        if self.cert.is_none() || self.key.is_none() {
+            return Err(format!("mode {mode} needs cert and key (PEM files)"));
+        }
+        match self.mode {
+            Mode::Secure if self.client_auth != ClientAuth::None && self.client_ca.is_none() => {
+                Err(format!("client_auth = \"{}\" needs client_ca, the CA that client certificates must chain to", self.client_auth.as_str()))
+            }
+            Mode::Secure if self.client_auth == ClientAuth::None && self.client_ca.is_some() => {
+                Err("client_ca is set but client_auth is \"none\": say \"optional\" or \"required\"".into())
+            }
+            Mode::AcceptAll if self.client_ca.is_some() => {
+                Err("accept-all does not verify client certificates, so client_ca would be ignored; use mode = \"secure\" to verify them".into())
+            }
+            Mode::VerifyNone if self.client_auth != ClientAuth::None || self.client_ca.is_some() => {
+                Err("verify-none requests no client certificates; use secure or accept-all for client_auth".into())
+            }
+            _ if self.identity == IdentitySource::Certificate && self.client_auth == ClientAuth::None && self.mode != Mode::AcceptAll => {
+                Err("identity = \"certificate\" needs client certificates: set client_auth".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The `[admin]` table.
@@ -259,15 +347,8 @@ impl Config {
                     ));
                 }
             }
-            if l.mode != Mode::NonSecure {
-                return Err((
-                    listener.span(),
-                    format!(
-                        "listener {:?}: mode {:?} needs TLS, which this build does not offer yet; use mode = \"non-secure\"",
-                        l.name,
-                        l.mode.as_str()
-                    ),
-                ));
+            if let Err(reason) = l.check_tls() {
+                return Err((listener.span(), format!("listener {:?}: {reason}", l.name)));
             }
         }
         let admin = self.admin.get_ref();
@@ -342,6 +423,12 @@ fn default_listeners() -> Vec<Spanned<ListenerConfig>> {
             bind: parse_const_addr(DEFAULT_LISTENER_BIND),
             mode: Mode::NonSecure,
             path: PathPrefix::default(),
+            cert: None,
+            key: None,
+            client_auth: ClientAuth::None,
+            client_ca: None,
+            identity: IdentitySource::Claimed,
+            dev_certs: false,
         },
     )]
 }

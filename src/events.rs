@@ -59,6 +59,14 @@ pub enum Event<'a> {
         /// The payload, base64.
         base64: String,
     },
+    /// A TLS listener's certificate files were reloaded (or failed to).
+    TlsReload {
+        /// Listener name.
+        listener: &'a str,
+        /// Why the reload failed (the old certificate stays in use).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a str>,
+    },
     /// A client error the gateway answered (unknown recipient, slow consumer...).
     Error {
         /// The client concerned.

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
@@ -22,13 +23,16 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin;
+use crate::certgen;
 use crate::config::{Config, DEFAULT_MAX_REQUEST_HEAD, LimitsConfig, ListenerConfig};
 use crate::events::{Event, Events};
 use crate::handshake::{self, Head, Refusal};
-use crate::identity;
+use crate::identity::{self, Claim, ClientName};
 use crate::metrics::{ErrorKind, ListenerMetrics, Metrics};
+use crate::modes::{IdentitySource, Mode};
 use crate::router::{AdmitError, ClientInfo, Router, RouterConfig};
 use crate::session::{self, SessionTimers};
+use crate::tls::{self, ServerTls, ServerTlsFiles, TlsError};
 
 /// Read buffer per connection: small, because most messages are small and
 /// an idle connection should cost little.
@@ -55,12 +59,28 @@ pub enum StartError {
         /// Why.
         reason: std::io::Error,
     },
+    /// A TLS listener's certificate, key or CA could not be loaded.
+    #[error("listener {listener:?}: {error}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What is wrong, with the file.
+        error: TlsError,
+    },
+    /// Development certificates could not be generated.
+    #[error("listener {listener:?}: dev_certs: {error}")]
+    DevCerts {
+        /// Listener name.
+        listener: String,
+        /// Why.
+        error: certgen::CertGenError,
+    },
 }
 
 /// A bound, not yet serving gateway.
 pub struct Server {
     config: Config,
-    listeners: Vec<(ListenerConfig, TcpListener)>,
+    listeners: Vec<(ListenerConfig, TcpListener, Option<Arc<ServerTls>>)>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
 }
@@ -84,6 +104,7 @@ struct ListenerCtx {
     config: ListenerConfig,
     name: Arc<str>,
     metrics: ListenerMetrics,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Server {
@@ -91,8 +112,9 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         let mut listeners = Vec::new();
         for l in config.listener_configs() {
+            let tls = server_tls(l)?.map(Arc::new);
             let tcp = bind(&l.name, l.bind).await?;
-            listeners.push((l.clone(), tcp));
+            listeners.push((l.clone(), tcp, tls));
         }
         let admin_config = config.admin.get_ref();
         let admin = if admin_config.enabled {
@@ -140,7 +162,7 @@ impl Server {
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
             .iter()
-            .filter_map(|(c, l)| Some((c.name.clone(), l.local_addr().ok()?)))
+            .filter_map(|(c, l, _)| Some((c.name.clone(), l.local_addr().ok()?)))
             .collect()
     }
 
@@ -159,14 +181,23 @@ impl Server {
     /// returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let shared = self.shared;
-        for (config, tcp) in self.listeners {
+        let mut reloadable = Vec::new();
+        for (config, tcp, tls) in self.listeners {
+            reloadable.extend(tls.clone());
             let ctx = Arc::new(ListenerCtx {
                 name: config.name.as_str().into(),
                 metrics: shared.metrics.listener(&config.name),
                 config,
+                tls,
             });
             tracing::info!(listener = %ctx.name, addr = %local(&tcp), mode = ctx.config.mode.as_str(), path = ctx.config.path.as_str(), "listening");
             shared.tracker.spawn(accept_loop(shared.clone(), ctx, tcp));
+        }
+        if !reloadable.is_empty() {
+            let interval = self.config.tls.reload_interval.0;
+            shared
+                .tracker
+                .spawn(reload_certificates(shared.clone(), reloadable, interval));
         }
         if let Some(tcp) = self.admin {
             let token = self.config.admin.get_ref().token.clone();
@@ -235,54 +266,80 @@ fn spawn_connection(
     peer: SocketAddr,
 ) {
     let span = tracing::info_span!("conn", listener = %ctx.name, remote = %peer);
-    match shared.connections.clone().try_acquire_owned() {
-        Ok(permit) => {
-            let (shared2, ctx) = (shared.clone(), ctx.clone());
-            shared.tracker.spawn(
-                async move {
-                    connection(&shared2, &ctx, stream, peer).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
-        }
+    // Over the cap, the connection still gets its 503 (after TLS and the
+    // request head), unless too many are already waiting for one.
+    let permit = match shared.connections.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) if shared.refusing.fetch_add(1, Ordering::Relaxed) < MAX_REFUSING => None,
         Err(_) => {
-            if shared.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
-                shared.refusing.fetch_sub(1, Ordering::Relaxed);
-                shared.metrics.refusal(503);
-                tracing::debug!(parent: &span, "over the connection limit; dropped");
-                return;
-            }
-            let (shared2, ctx) = (shared.clone(), ctx.clone());
-            shared.tracker.spawn(
-                async move {
-                    let refusal = Refusal::new(503, "too many connections: try again later");
-                    refuse_after_head(&shared2, &ctx, stream, refusal).await;
-                    shared2.refusing.fetch_sub(1, Ordering::Relaxed);
-                }
-                .instrument(span),
-            );
+            shared.refusing.fetch_sub(1, Ordering::Relaxed);
+            shared.metrics.refusal(503);
+            tracing::debug!(parent: &span, "over the connection limit; dropped");
+            return;
         }
-    }
+    };
+    let (shared, ctx) = (shared.clone(), ctx.clone());
+    let tracker = shared.tracker.clone();
+    tracker.spawn(
+        async move {
+            let refusing = permit.is_none();
+            let deadline = Instant::now() + shared.limits.handshake_timeout.0;
+            match ctx.tls.as_ref().map(|t| t.acceptor()) {
+                None => connection(&shared, &ctx, stream, peer, permit, deadline, None).await,
+                Some(acceptor) => {
+                    let accepted = tokio::select! {
+                        () = shared.shutdown.cancelled() => return,
+                        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+                    };
+                    match accepted {
+                        Ok(Ok(tls_stream)) => {
+                            let cert =
+                                PeerCert::of(&ctx, tls_stream.get_ref().1.peer_certificates());
+                            connection(&shared, &ctx, tls_stream, peer, permit, deadline, cert)
+                                .await;
+                        }
+                        Ok(Err(e)) => {
+                            shared.metrics.error(ErrorKind::tls_handshake);
+                            tracing::info!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            shared.metrics.error(ErrorKind::handshake);
+                            tracing::debug!("TLS handshake timed out; dropping");
+                        }
+                    }
+                }
+            }
+            if refusing {
+                shared.refusing.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        .instrument(span),
+    );
 }
 
-/// Reads the request head (so the client sees an HTTP answer), then refuses.
-async fn refuse_after_head(
-    shared: &Shared,
-    ctx: &ListenerCtx,
-    mut stream: TcpStream,
-    refusal: Refusal,
-) {
-    let limit = shared.limits.handshake_timeout.0;
-    let _ = tokio::time::timeout(limit, async {
-        if handshake::read_head(&mut stream, DEFAULT_MAX_REQUEST_HEAD, &ctx.config.path)
-            .await
-            .is_ok()
-        {
-            refuse(shared, &mut stream, &refusal).await;
+/// The client certificate of a TLS connection, as far as identity goes.
+struct PeerCert {
+    name: Option<String>,
+    fingerprint: String,
+}
+
+impl PeerCert {
+    fn of(
+        ctx: &ListenerCtx,
+        certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    ) -> Option<PeerCert> {
+        let leaf = certs?.first()?;
+        let cert = PeerCert {
+            name: tls::certificate_name(leaf),
+            fingerprint: tls::fingerprint(leaf),
+        };
+        if ctx.config.mode == Mode::AcceptAll {
+            tracing::info!(fingerprint = %cert.fingerprint, cert_name = ?cert.name, "client certificate accepted WITHOUT verification (accept-all)");
+        } else {
+            tracing::debug!(fingerprint = %cert.fingerprint, cert_name = ?cert.name, "client certificate verified");
         }
-    })
-    .await;
+        Some(cert)
+    }
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(shared: &Shared, stream: &mut S, refusal: &Refusal) {
@@ -293,20 +350,27 @@ async fn refuse<S: AsyncWrite + Unpin>(shared: &Shared, stream: &mut S, refusal:
     let _ = handshake::respond(stream, refusal).await;
 }
 
-/// A connection from accept to the end of its session.
-async fn connection<S>(shared: &Arc<Shared>, ctx: &ListenerCtx, mut stream: S, peer: SocketAddr)
-where
+/// A connection from its (TLS-terminated) stream to the end of its session.
+/// Without a permit it is over the connection cap: it gets 503.
+async fn connection<S>(
+    shared: &Arc<Shared>,
+    ctx: &ListenerCtx,
+    mut stream: S,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    deadline: Instant,
+    cert: Option<PeerCert>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let limit = shared.limits.handshake_timeout.0;
     let request = tokio::select! {
         () = shared.shutdown.cancelled() => return,
-        result = tokio::time::timeout(limit, read_upgrade(shared, ctx, &mut stream)) => match result {
+        result = tokio::time::timeout_at(deadline, read_upgrade(shared, ctx, &mut stream, permit.is_some(), cert.as_ref())) => match result {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(_) => {
                 shared.metrics.error(ErrorKind::handshake);
-                tracing::debug!(timeout = ?limit, "handshake timed out; dropping");
+                tracing::debug!("handshake timed out; dropping");
                 return;
             }
         },
@@ -329,7 +393,7 @@ where
             return;
         }
     };
-    match tokio::time::timeout(limit, handshake::accept(&mut stream, &upgrade)).await {
+    match tokio::time::timeout_at(deadline, handshake::accept(&mut stream, &upgrade)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "peer left during the upgrade");
@@ -367,6 +431,7 @@ where
     };
     session::run(ws, handle, rx, shared.router.clone(), timers).await;
     ctx.metrics.open.dec();
+    drop(permit);
 }
 
 /// Reads and checks the upgrade request and the name it claims; `None`
@@ -375,7 +440,9 @@ async fn read_upgrade<S>(
     shared: &Shared,
     ctx: &ListenerCtx,
     stream: &mut S,
-) -> Option<(handshake::Upgrade, identity::Claim)>
+    admitted: bool,
+    cert: Option<&PeerCert>,
+) -> Option<(handshake::Upgrade, Claim)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -394,11 +461,178 @@ where
             return None;
         }
     };
-    match identity::claim(upgrade.query.as_deref(), upgrade.origin.as_deref()) {
+    if !admitted {
+        let refusal = Refusal::new(503, "too many connections: try again later");
+        refuse(shared, stream, &refusal).await;
+        return None;
+    }
+    let claimed = identity::claim(upgrade.query.as_deref(), upgrade.origin.as_deref());
+    let claim = match ctx.config.identity {
+        IdentitySource::Claimed => claimed.map_err(|e| Refusal::new(400, e.to_string())),
+        IdentitySource::Certificate => certificate_claim(cert, claimed),
+    };
+    match claim {
         Ok(claim) => Some((upgrade, claim)),
-        Err(e) => {
-            refuse(shared, stream, &Refusal::new(400, e.to_string())).await;
+        Err(refusal) => {
+            refuse(shared, stream, &refusal).await;
             None
+        }
+    }
+}
+
+/// With `identity = "certificate"`: the name is the certificate's; a claimed
+/// name, if any, must be the same (or what Qt makes of it in `Origin`).
+fn certificate_claim(
+    cert: Option<&PeerCert>,
+    claimed: Result<Claim, identity::NameError>,
+) -> Result<Claim, Refusal> {
+    let Some(cert) = cert else {
+        return Err(Refusal::new(
+            401,
+            "a client certificate is required: this listener names clients by their certificate",
+        ));
+    };
+    let Some(cert_name) = cert.name.as_deref() else {
+        return Err(Refusal::new(
+            403,
+            format!(
+                "the client certificate {} has no name (no DNS or URI SAN, no CN)",
+                cert.fingerprint
+            ),
+        ));
+    };
+    let name = ClientName::new(cert_name).map_err(|e| {
+        Refusal::new(
+            403,
+            format!("the client certificate's name {cert_name:?} is not usable: {e}"),
+        )
+    })?;
+    match claimed {
+        Ok(claim)
+            if claim.name != name
+                && !(claim.provisional
+                    && identity::qt_latin1(cert_name) == claim.name.as_str()) =>
+        {
+            Err(Refusal::new(
+                403,
+                format!(
+                    "claimed name {:?} differs from the certificate's name {cert_name:?}",
+                    claim.name.as_str()
+                ),
+            ))
+        }
+        _ => Ok(Claim {
+            name,
+            provisional: false,
+        }),
+    }
+}
+
+/// The TLS state of a listener: `None` for plain ws. Generates development
+/// certificates first when the listener asks for them and they are missing.
+fn server_tls(l: &ListenerConfig) -> Result<Option<ServerTls>, StartError> {
+    let (Some(cert), Some(key)) = (l.cert.clone(), l.key.clone()) else {
+        return Ok(None);
+    };
+    if !l.mode.is_tls() {
+        return Ok(None);
+    }
+    if l.dev_certs {
+        match certgen::ensure_dev_certs(&cert, &key) {
+            Ok(Some(report)) => {
+                for file in &report.files {
+                    tracing::info!(listener = %l.name, file = %file.path.display(), "generated development certificate file");
+                }
+                tracing::info!(listener = %l.name, ca = %report.ca_cert.display(), fingerprint = %report.ca_fingerprint, "dev_certs: generated a development CA and server certificate; clients can trust the CA file");
+            }
+            Ok(None) => {}
+            Err(error) => {
+                return Err(StartError::DevCerts {
+                    listener: l.name.clone(),
+                    error,
+                });
+            }
+        }
+    }
+    match l.mode {
+        Mode::AcceptAll => {
+            tracing::warn!(listener = %l.name, "DANGEROUS mode accept-all: client certificates are accepted WITHOUT verification; identities are only as good as the fingerprints you check")
+        }
+        Mode::VerifyNone => {
+            tracing::warn!(listener = %l.name, "DANGEROUS mode verify-none: TLS without client certificates; clients are told to skip server verification")
+        }
+        _ => {}
+    }
+    let files = ServerTlsFiles {
+        listener: l.name.clone(),
+        mode: l.mode,
+        cert,
+        key,
+        client_auth: l.client_auth,
+        client_ca: l.client_ca.clone(),
+    };
+    ServerTls::load(files)
+        .map(Some)
+        .map_err(|error| StartError::Tls {
+            listener: l.name.clone(),
+            error,
+        })
+}
+
+/// Reloads TLS listeners' certificates when their files change on disk
+/// (checked every `interval`) and on SIGHUP. A broken new file keeps the
+/// old certificate in service and is logged.
+async fn reload_certificates(
+    shared: Arc<Shared>,
+    listeners: Vec<Arc<ServerTls>>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates reload on file change only"))
+        .ok();
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => false,
+            _ = sighup => true,
+        };
+        if forced {
+            tracing::info!("SIGHUP: reloading certificates");
+        }
+        for tls in &listeners {
+            if !forced && !tls.changed_on_disk() {
+                continue;
+            }
+            let listener = &tls.files().listener;
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(listener = %listener, cert = %tls.files().cert.display(), "certificate reloaded; new handshakes use it");
+                    shared.events.publish(&Event::TlsReload {
+                        listener,
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %listener, error = %e, "certificate reload failed; keeping the previous certificate");
+                    let error = e.to_string();
+                    shared.events.publish(&Event::TlsReload {
+                        listener,
+                        error: Some(&error),
+                    });
+                }
+            }
         }
     }
 }

@@ -22,6 +22,8 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod certgen;
+pub mod client;
 pub mod config;
 pub mod events;
 pub mod gateway;
@@ -33,6 +35,7 @@ pub mod operator;
 pub mod protocol;
 pub mod router;
 pub mod session;
+pub mod tls;
 
 pub use config::Config;
 pub use gateway::{Server, StartError, serve};

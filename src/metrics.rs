@@ -42,6 +42,8 @@ pub enum ErrorKind {
     idle_timeout,
     /// A handshake refused or failed.
     handshake,
+    /// A TLS handshake failed (bad or missing certificate, wrong protocol).
+    tls_handshake,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

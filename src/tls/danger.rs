@@ -1,0 +1,197 @@
+//! DANGEROUS certificate verifiers: each one skips chain validation. They are
+//! reachable only through an explicit mode (`accept-all`, `verify-none`) or
+//! flag (`--accept-all`, `--verify-none`, `--pin`), and every one of them
+//! still verifies the handshake signatures, so the peer must hold the private
+//! key of the certificate it shows.
+
+use std::sync::{Arc, Mutex};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+
+use super::fingerprint;
+
+/// Server side of `accept-all`: asks for a client certificate and accepts
+/// any, unverified. The fingerprint is what identifies the client.
+#[derive(Debug)]
+pub struct AcceptAnyClientCert {
+    provider: Arc<CryptoProvider>,
+    mandatory: bool,
+}
+
+impl AcceptAnyClientCert {
+    /// A verifier that accepts every client certificate; with `mandatory`, a
+    /// client without one fails the handshake.
+    pub fn new(provider: Arc<CryptoProvider>, mandatory: bool) -> Self {
+        AcceptAnyClientCert {
+            provider,
+            mandatory,
+        }
+    }
+}
+
+impl ClientCertVerifier for AcceptAnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// What a fingerprint-based server verifier expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Anything (`--verify-none`).
+    Anything,
+    /// Exactly this fingerprint (`--pin sha256:HEX`).
+    Pin(String),
+    /// Trust on first use (`--accept-all`): the fingerprint seen before for
+    /// this server, if any; `accept_new` lets a changed one through.
+    FirstUse {
+        /// The fingerprint remembered for this host.
+        known: Option<String>,
+        /// Accept a fingerprint different from `known`.
+        accept_new: bool,
+    },
+}
+
+/// Client side of `--accept-all`, `--verify-none` and `--pin`: no chain
+/// validation, no hostname check; the server's end-entity fingerprint is
+/// checked against [`Expect`] and recorded for the caller.
+#[derive(Debug)]
+pub struct FingerprintVerifier {
+    provider: Arc<CryptoProvider>,
+    expect: Expect,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl FingerprintVerifier {
+    /// A verifier; `seen` receives the fingerprint the server presented.
+    pub fn new(
+        provider: Arc<CryptoProvider>,
+        expect: Expect,
+        seen: Arc<Mutex<Option<String>>>,
+    ) -> Self {
+        FingerprintVerifier {
+            provider,
+            expect,
+            seen,
+        }
+    }
+}
+
+impl ServerCertVerifier for FingerprintVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let got = fingerprint(end_entity);
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(got.clone());
+        match &self.expect {
+            Expect::Anything => Ok(ServerCertVerified::assertion()),
+            Expect::Pin(pin) if pin.eq_ignore_ascii_case(&got) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Expect::Pin(pin) => Err(Error::General(format!(
+                "pin mismatch: the server presented {got}, the pin is {pin}"
+            ))),
+            Expect::FirstUse {
+                known: Some(known),
+                accept_new: false,
+            } if known != &got => Err(Error::General(format!(
+                "server certificate changed since first use: it was {known}, now {got}"
+            ))),
+            Expect::FirstUse { .. } => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
