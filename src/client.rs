@@ -117,14 +117,14 @@ fn ws_config() -> WebSocketConfig {
 
 /// Connects and completes the WebSocket upgrade.
 pub async fn connect(opts: &ConnectOptions) -> Result<(ClientStream, ConnectInfo), ConnectError> {
-    let mut request =
-        opts.url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ConnectError::Url {
-                url: opts.url.clone(),
-                reason: e.to_string(),
-            })?;
+    let mut request = opts
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::Url {
+            url: opts.url.clone(),
+            reason: e.to_string(),
+        })?;
     let origin = HeaderValue::from_bytes(opts.name.as_bytes()).map_err(|_| ConnectError::Url {
         url: opts.url.clone(),
         reason: format!("name {:?} cannot be sent in a header", opts.name),
@@ -202,8 +202,7 @@ async fn tls_connect(
         .await
         .map_err(|e| ConnectError::Tls {
             addr: addr.to_owned(),
-            explanation: tls::explain_client_error(&e)
-                .unwrap_or_else(|| format!("{e}")),
+            explanation: tls::explain_client_error(&e).unwrap_or_else(|| format!("{e}")),
         })?;
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok((stream, seen))

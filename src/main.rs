@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use wssgate::certgen::{GenCerts, KeyType, gen_certs};
 use wssgate::config::{Config, DEFAULT_CONFIG_PATH};
 use wssgate::operator::Operator;
 
@@ -27,6 +28,24 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Generate development certificates: a CA, a server certificate, client certificates.
+    GenCerts {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Extra server name or IP (beyond localhost, 127.0.0.1, ::1); repeatable.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Also issue a client certificate for NAME (mutual TLS); repeatable.
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+        /// Overwrite existing files (a new CA invalidates everything it signed).
+        #[arg(long)]
+        force: bool,
+        /// Key algorithm.
+        #[arg(long, value_enum, default_value = "ecdsa-p256")]
+        key_type: KeyTypeArg,
+    },
     /// Check a config file and exit (0 when valid).
     CheckConfig {
         /// Config file; default: config/gateway.toml.
@@ -46,6 +65,12 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyTypeArg {
+    EcdsaP256,
+    Ed25519,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +116,51 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             init_logs(&config.log.level.0);
             tracing::info!(config = %source, "starting wssgate {}", env!("CARGO_PKG_VERSION"));
             wssgate::serve(config, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenCerts {
+            out,
+            sans,
+            clients,
+            force,
+            key_type,
+        } => {
+            let opts = GenCerts {
+                out,
+                extra_sans: sans,
+                clients,
+                force,
+                key_type: match key_type {
+                    KeyTypeArg::EcdsaP256 => KeyType::EcdsaP256,
+                    KeyTypeArg::Ed25519 => KeyType::Ed25519,
+                },
+            };
+            let report = gen_certs(&opts)?;
+            for file in &report.files {
+                let what = if file.created { "wrote" } else { "kept " };
+                println!("{what} {}", file.path.display());
+            }
+            if report.files.iter().any(|f| !f.created) {
+                println!("(existing files are kept; --force regenerates everything)");
+            }
+            println!("CA fingerprint: {}", report.ca_fingerprint);
+            println!();
+            println!("Next: start the gateway, then connect a client that trusts this CA:");
+            println!("  cargo run --release -- serve");
+            let name = opts.clients.first().map_or("alice", String::as_str);
+            let mut client = format!(
+                "  cargo run --release --bin wssgate-client -- wss://localhost:8443/ --name {name} --ca {}",
+                report.ca_cert.display()
+            );
+            if let Some(first) = opts.clients.first() {
+                let (cert, key) = wssgate::certgen::files::client(first);
+                client += &format!(
+                    " --cert {} --key {}",
+                    opts.out.join(cert).display(),
+                    opts.out.join(key).display()
+                );
+            }
+            println!("{client}");
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { path } => {
