@@ -197,13 +197,25 @@ impl Ca {
         })
     }
 
-    /// Issues a leaf certificate.
+    /// Issues a leaf certificate with a new key.
     pub fn issue(&self, leaf: &Leaf) -> Result<Pem, CertGenError> {
+        let key = self
+            .key_type
+            .generate()
+            .map_err(|reason| CertGenError::Generate {
+                what: format!("a key for {:?}", leaf.common_name),
+                reason,
+            })?;
+        self.issue_for_key(leaf, &key)
+    }
+
+    /// Issues a leaf certificate for an existing key (e.g. an RSA key made
+    /// elsewhere); the returned PEM key is that key in PKCS#8.
+    pub fn issue_for_key(&self, leaf: &Leaf, key: &KeyPair) -> Result<Pem, CertGenError> {
         let failed = |reason| CertGenError::Generate {
             what: format!("the certificate for {:?}", leaf.common_name),
             reason,
         };
-        let key = self.key_type.generate().map_err(failed)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
         for san in &leaf.sans {
             params.subject_alt_names.push(match san.parse() {
@@ -221,7 +233,7 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         params.not_before = leaf.not_before;
         params.not_after = leaf.not_after;
-        let cert = params.signed_by(&key, &self.issuer).map_err(failed)?;
+        let cert = params.signed_by(key, &self.issuer).map_err(failed)?;
         Ok(Pem {
             cert: cert.pem(),
             key: key.serialize_pem(),
