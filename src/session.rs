@@ -203,7 +203,7 @@ async fn close<S>(
 }
 
 fn on_read_error(router: &Router, handle: &SessionHandle, e: WsError) -> End {
-    use tokio_tungstenite::tungstenite::error::CapacityError;
+    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
     let name = handle.name();
     let remote = handle.info.remote;
     match e {
@@ -237,6 +237,12 @@ fn on_read_error(router: &Router, handle: &SessionHandle, e: WsError) -> End {
                 code: 1007,
                 reason: "text frame is not valid UTF-8",
             }
+        }
+        // The peer's TCP connection ended without a close frame (it vanished,
+        // perhaps mid-message): nobody is left to send a close to, and it
+        // is not a protocol error to count.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            End::Gone("connection closed without a close frame".into())
         }
         WsError::Protocol(e) => {
             router.metrics().error(ErrorKind::protocol);

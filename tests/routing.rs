@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use futures_util::SinkExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 #[tokio::test]
@@ -136,39 +136,6 @@ async fn list_names_everyone_connected() {
     assert_eq!(reply["names"], json!(["José", "a"]));
     assert_eq!(reply["ref"], "l1");
     assert!(reply["msg"].is_string());
-}
-
-/// Reads SSE events until one satisfies `pred`.
-async fn next_event(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    loop {
-        let line = tokio::time::timeout(WAIT, events.recv())
-            .await
-            .expect("event in time")
-            .expect("event stream open");
-        let event: Value = serde_json::from_str(&line).expect("event is JSON");
-        if pred(&event) {
-            return event;
-        }
-    }
-}
-
-/// Follows `/events`; returns a receiver of event lines once subscribed.
-async fn follow_events(gw: &Gateway) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let operator = gw.operator();
-    tokio::spawn(async move {
-        let _ = operator
-            .events(|line| {
-                let _ = tx.send(line.to_owned());
-            })
-            .await;
-    });
-    let mut rx = rx;
-    next_event(&mut rx, |e| e["type"] == "subscribed").await;
-    rx
 }
 
 #[tokio::test]

@@ -265,3 +265,236 @@ fn parse_response(raw: &[u8]) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+// ---------------------------------------------------------------------------
+// Operator events (`GET /events`)
+// ---------------------------------------------------------------------------
+
+/// Reads SSE events until one satisfies `pred`.
+pub async fn next_event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let line = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("event in time")
+            .expect("event stream open");
+        let event: Value = serde_json::from_str(&line).expect("event is JSON");
+        if pred(&event) {
+            return event;
+        }
+    }
+}
+
+/// Follows `/events`; returns a receiver of event lines once subscribed.
+pub async fn follow_events(gw: &Gateway) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let operator = gw.operator();
+    tokio::spawn(async move {
+        let _ = operator
+            .events(|line| {
+                let _ = tx.send(line.to_owned());
+            })
+            .await;
+    });
+    let mut rx = rx;
+    next_event(&mut rx, |e| e["type"] == "subscribed").await;
+    rx
+}
+
+/// Waits for the `disconnect` event of `name` and returns it.
+pub async fn next_disconnect(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    name: &str,
+) -> Value {
+    next_event(events, |e| e["type"] == "disconnect" && e["name"] == name).await
+}
+
+// ---------------------------------------------------------------------------
+// Metrics (`GET /metrics`)
+// ---------------------------------------------------------------------------
+
+/// The Prometheus text of `/metrics`.
+pub async fn metrics(gw: &Gateway) -> String {
+    let (status, body) = http_raw(
+        gw.admin,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of one series (`name` or `name{labels}`, exactly as exposed),
+/// 0 when the series is absent (a counter never incremented).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == series).then(|| value.parse().expect("metric value is a number"))
+        })
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------
+// Bystanders
+// ---------------------------------------------------------------------------
+
+/// Two clients exchange a private message each way, exactly as sent (with
+/// `src` set by the gateway): proof that the gateway still serves them.
+pub async fn exchange(a: &mut Ws, a_name: &str, b: &mut Ws, b_name: &str) {
+    deliver(a, a_name, b, b_name).await;
+    deliver(b, b_name, a, a_name).await;
+}
+
+/// `from` sends `to` a private message, which arrives exactly as sent
+/// with `src` set by the gateway.
+pub async fn deliver(from: &mut Ws, from_name: &str, to: &mut Ws, to_name: &str) {
+    let msg = format!("hello {to_name}, from {from_name}");
+    send_json(from, &serde_json::json!({"dst": to_name, "msg": msg})).await;
+    assert_eq!(
+        recv_json(to).await,
+        serde_json::json!({"dst": to_name, "msg": msg, "src": from_name}),
+        "{from_name} -> {to_name}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Raw WebSocket clients: a real handshake on a TcpStream, then bytes
+// written and read by hand (to misbehave in ways a library will not).
+// ---------------------------------------------------------------------------
+
+/// Opcodes of RFC 6455 frames.
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// A WebSocket client on a raw TCP stream, after a completed handshake.
+pub struct RawClient {
+    pub stream: TcpStream,
+    /// Bytes read but not yet consumed as frames.
+    buf: Vec<u8>,
+}
+
+/// Connects and completes the handshake as `name` (through `Origin`).
+pub async fn raw_connect(gw: &Gateway, name: &str) -> RawClient {
+    let stream = TcpStream::connect(gw.ws).await.expect("tcp connect");
+    raw_handshake(stream, name).await
+}
+
+/// Completes the handshake on `stream` as `name` and checks the `101`.
+pub async fn raw_handshake(mut stream: TcpStream, name: &str) -> RawClient {
+    stream
+        .write_all(&upgrade_request("/", &[("Origin", name.as_bytes())]))
+        .await
+        .expect("write upgrade request");
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = tokio::time::timeout(WAIT, stream.read_buf(&mut buf))
+            .await
+            .expect("upgrade response in time")
+            .expect("read upgrade response");
+        assert!(n > 0, "EOF during the upgrade response: {buf:?}");
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101 "), "not upgraded: {head}");
+    buf.drain(..end);
+    RawClient { stream, buf }
+}
+
+/// A masked client frame (mask key fixed: masking is about framing, not secrecy).
+pub fn masked_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&KEY);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+    out
+}
+
+impl RawClient {
+    /// Writes raw bytes.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("raw write");
+    }
+
+    /// The next (unmasked, server) frame as opcode and payload; `None` at
+    /// EOF or when the gateway reset the connection.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((opcode, len, header)) = parse_header(&self.buf)
+                && self.buf.len() >= header + len
+            {
+                let payload = self.buf[header..header + len].to_vec();
+                self.buf.drain(..header + len);
+                return Some((opcode, payload));
+            }
+            let read = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("a frame or EOF in time");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads frames until the close frame; returns its code and reason and
+    /// the opcodes of the frames before it. Panics at EOF before a close.
+    pub async fn read_close(&mut self) -> (u16, String, Vec<u8>) {
+        let mut before = Vec::new();
+        loop {
+            match self.read_frame().await {
+                Some((OP_CLOSE, payload)) => {
+                    assert!(payload.len() >= 2, "close frame without a code");
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    let reason = String::from_utf8(payload[2..].to_vec()).expect("UTF-8 reason");
+                    return (code, reason, before);
+                }
+                Some((opcode, _)) => before.push(opcode),
+                None => panic!("EOF before a close frame (after opcodes {before:?})"),
+            }
+        }
+    }
+
+    /// Reads (and discards) until EOF; panics if it does not come in time.
+    pub async fn expect_eof(&mut self) {
+        while self.read_frame().await.is_some() {}
+    }
+}
+
+/// Opcode, payload length and header length of the frame at the start of `buf`.
+fn parse_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+    let (len, header) = match b1 & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    Some((b0 & 0x0f, len, header))
+}
