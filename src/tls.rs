@@ -406,11 +406,30 @@ pub fn client_config(
 /// Explains a failed TLS handshake as a client sees it, naming the flag that
 /// would change the outcome. `None` when the error is not a TLS one.
 pub fn explain_client_error(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    use rustls::{AlertDescription, CertificateError, Error};
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cur {
-        if let Some(tls) = e.downcast_ref::<Error>() {
-            return Some(match tls {
+        // An io::Error's source() skips the error it wraps: look inside it.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            if let Some(explained) = explain_client_error_here(inner) {
+                return Some(explained);
+            }
+        }
+        if let Some(explained) = explain_client_error_here(e) {
+            return Some(explained);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn explain_client_error_here(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{AlertDescription, CertificateError, Error};
+    let tls = e.downcast_ref::<Error>()?;
+    Some(match tls {
                 Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
                     "the server certificate is signed by an unknown issuer: pass --ca FILE with the CA that signed it, or --accept-all to trust it on first use".into()
                 }
@@ -440,9 +459,5 @@ pub fn explain_client_error(error: &(dyn std::error::Error + 'static)) -> Option
                     "the server does not speak HTTP/1.1 over TLS (ALPN)".into()
                 }
                 other => format!("TLS handshake failed: {other}"),
-            });
-        }
-        cur = e.source();
-    }
-    None
+    })
 }

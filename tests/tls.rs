@@ -81,7 +81,13 @@ fn tls_config(mode: &str, cert: &Path, key: &Path, extra: &str) -> String {
     )
 }
 
-fn options(gw: &Gateway, name: &str, trust: ServerTrust, identity: Option<(PathBuf, PathBuf)>, known: &Path) -> ConnectOptions {
+fn options(
+    gw: &Gateway,
+    name: &str,
+    trust: ServerTrust,
+    identity: Option<(PathBuf, PathBuf)>,
+    known: &Path,
+) -> ConnectOptions {
     ConnectOptions {
         url: format!("wss://localhost:{}/", gw.ws.port()),
         name: name.to_owned(),
@@ -143,12 +149,15 @@ enum Policy {
     WrongPin,
 }
 
+/// One client attempt: its trust policy, its certificate, the outcome.
+type Case = (Policy, ClientCert, Outcome);
+
 #[tokio::test]
 async fn matrix_of_server_modes_and_client_policies() {
     use ClientCert as C;
     use Outcome::*;
     use Policy as P;
-    let servers: [(&str, &str, &[(Policy, ClientCert, Outcome)]); 6] = [
+    let servers: [(&str, &str, &[Case]); 6] = [
         (
             "secure",
             "",
@@ -169,7 +178,11 @@ async fn matrix_of_server_modes_and_client_policies() {
             &[
                 (P::Ca, C::None, Connected),
                 (P::Ca, C::Trusted, Connected),
-                (P::Ca, C::Untrusted, Fails("does not trust our client certificate")),
+                (
+                    P::Ca,
+                    C::Untrusted,
+                    Fails("does not trust our client certificate"),
+                ),
                 (P::WrongCa, C::Trusted, Fails("unknown issuer")),
             ],
         ),
@@ -177,9 +190,17 @@ async fn matrix_of_server_modes_and_client_policies() {
             "secure",
             "client_auth = \"required\"\nclient_ca = \"CA\"",
             &[
-                (P::Ca, C::None, Fails("requires a client certificate: pass --cert FILE --key FILE")),
+                (
+                    P::Ca,
+                    C::None,
+                    Fails("requires a client certificate: pass --cert FILE --key FILE"),
+                ),
                 (P::Ca, C::Trusted, Connected),
-                (P::Ca, C::Untrusted, Fails("does not trust our client certificate")),
+                (
+                    P::Ca,
+                    C::Untrusted,
+                    Fails("does not trust our client certificate"),
+                ),
                 (P::Pin, C::Trusted, Connected),
             ],
         ),
@@ -234,7 +255,9 @@ async fn matrix_of_server_modes_and_client_policies() {
                 }),
                 P::VerifyNone => ServerTrust::Fingerprint(Expect::Anything),
                 P::Pin => ServerTrust::Fingerprint(Expect::Pin(pin.clone())),
-                P::WrongPin => ServerTrust::Fingerprint(Expect::Pin(format!("sha256:{}", "0".repeat(64)))),
+                P::WrongPin => {
+                    ServerTrust::Fingerprint(Expect::Pin(format!("sha256:{}", "0".repeat(64))))
+                }
             };
             let identity = match client_cert {
                 C::None => None,
@@ -250,11 +273,16 @@ async fn matrix_of_server_modes_and_client_policies() {
                 }
                 (Fails(needle), Err(e)) => {
                     let text = e.to_string();
-                    assert!(text.contains(needle), "{case}: expected {needle:?} in {text:?}");
+                    assert!(
+                        text.contains(needle),
+                        "{case}: expected {needle:?} in {text:?}"
+                    );
                     assert!(matches!(e, ConnectError::Tls { .. }), "{case}: {e:?}");
                 }
                 (Connected, Err(e)) => panic!("{case}: expected a connection, got: {e}"),
-                (Fails(needle), Ok(_)) => panic!("{case}: expected failure {needle:?}, but it connected"),
+                (Fails(needle), Ok(_)) => {
+                    panic!("{case}: expected failure {needle:?}, but it connected")
+                }
             }
         }
     }
@@ -270,19 +298,34 @@ async fn expired_and_wrong_host_certificates_are_explained() {
     let (cert, key) = pki.write_pair("expired", &pki.ca.issue(&expired).unwrap());
     // The gateway starts with an expired certificate (it only warns).
     let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
-    let e = try_wss(&options(&gw, "a", ServerTrust::Ca(ca.clone()), None, &pki.path("k")))
-        .await
-        .err()
-        .expect("expired certificate refused");
+    let e = try_wss(&options(
+        &gw,
+        "a",
+        ServerTrust::Ca(ca.clone()),
+        None,
+        &pki.path("k"),
+    ))
+    .await
+    .err()
+    .expect("expired certificate refused");
     assert!(e.to_string().contains("has expired"), "{e}");
     drop(gw);
 
-    let (cert, key) = pki.write_pair("elsewhere", &pki.ca.issue(&Leaf::server(&["gw.example".into()])).unwrap());
+    let (cert, key) = pki.write_pair(
+        "elsewhere",
+        &pki.ca.issue(&Leaf::server(&["gw.example".into()])).unwrap(),
+    );
     let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
-    let e = try_wss(&options(&gw, "a", ServerTrust::Ca(ca), None, &pki.path("k")))
-        .await
-        .err()
-        .expect("wrong host refused");
+    let e = try_wss(&options(
+        &gw,
+        "a",
+        ServerTrust::Ca(ca),
+        None,
+        &pki.path("k"),
+    ))
+    .await
+    .err()
+    .expect("wrong host refused");
     assert!(e.to_string().contains("hostname mismatch"), "{e}");
 }
 
@@ -301,10 +344,16 @@ async fn trust_on_first_use_remembers_and_refuses_a_changed_fingerprint() {
     let opts = options(&gw, "tofu", first_use(false), None, &known);
     let (ws, info) = connect(&opts).await.unwrap();
     assert!(info.newly_trusted);
-    assert_eq!(info.server_fingerprint.as_deref(), Some(fingerprint(&pem.der).as_str()));
+    assert_eq!(
+        info.server_fingerprint.as_deref(),
+        Some(fingerprint(&pem.der).as_str())
+    );
     drop(ws);
     let stored = std::fs::read_to_string(&known).unwrap();
-    assert_eq!(stored, format!("localhost:{} {}\n", gw.ws.port(), fingerprint(&pem.der)));
+    assert_eq!(
+        stored,
+        format!("localhost:{} {}\n", gw.ws.port(), fingerprint(&pem.der))
+    );
 
     // Second use: known and unchanged.
     let opts = options(&gw, "tofu2", first_use(false), None, &known);
@@ -312,7 +361,11 @@ async fn trust_on_first_use_remembers_and_refuses_a_changed_fingerprint() {
     assert!(!info.newly_trusted);
 
     // The server's certificate changes: refused, and the text names --accept-new.
-    std::fs::write(&known, format!("localhost:{} sha256:{}\n", gw.ws.port(), "ab".repeat(32))).unwrap();
+    std::fs::write(
+        &known,
+        format!("localhost:{} sha256:{}\n", gw.ws.port(), "ab".repeat(32)),
+    )
+    .unwrap();
     let e = try_wss(&options(&gw, "tofu3", first_use(false), None, &known))
         .await
         .err()
@@ -320,7 +373,9 @@ async fn trust_on_first_use_remembers_and_refuses_a_changed_fingerprint() {
     assert!(e.to_string().contains("changed since first use"), "{e}");
     assert!(e.to_string().contains("--accept-new"), "{e}");
     // With --accept-new it connects and remembers the new one.
-    let (_ws, info) = connect(&options(&gw, "tofu4", first_use(true), None, &known)).await.unwrap();
+    let (_ws, info) = connect(&options(&gw, "tofu4", first_use(true), None, &known))
+        .await
+        .unwrap();
     assert!(info.newly_trusted);
     assert_eq!(
         std::fs::read_to_string(&known).unwrap(),
@@ -333,34 +388,60 @@ async fn identity_from_client_certificates() {
     let pki = Pki::new();
     let (cert, key, _) = pki.server();
     let ca = pki.ca_file();
-    let extra = format!("client_auth = \"required\"\nclient_ca = {ca:?}\nidentity = \"certificate\"");
+    let extra =
+        format!("client_auth = \"required\"\nclient_ca = {ca:?}\nidentity = \"certificate\"");
     let gw = start_config(&tls_config("secure", &cert, &key, &extra)).await;
     let alice = pki.client("alice", &pki.ca, "alice");
     let qt = pki.client("C1我是客户端", &pki.ca, "qt");
 
     // Same name as the certificate: admitted under it.
-    let mut ws = try_wss(&options(&gw, "alice", ServerTrust::Ca(ca.clone()), Some(alice.clone()), &pki.path("k")))
-        .await
-        .unwrap();
+    let mut ws = try_wss(&options(
+        &gw,
+        "alice",
+        ServerTrust::Ca(ca.clone()),
+        Some(alice.clone()),
+        &pki.path("k"),
+    ))
+    .await
+    .unwrap();
     assert_eq!(round_trip(&mut ws).await, ["alice"]);
     drop(ws);
     // Another claimed name: 403.
-    let e = try_wss(&options(&gw, "bob", ServerTrust::Ca(ca.clone()), Some(alice), &pki.path("k")))
-        .await
-        .err()
-        .expect("claimed name refused");
+    let e = try_wss(&options(
+        &gw,
+        "bob",
+        ServerTrust::Ca(ca.clone()),
+        Some(alice),
+        &pki.path("k"),
+    ))
+    .await
+    .err()
+    .expect("claimed name refused");
     match e {
         ConnectError::Refused { status, body } => {
             assert_eq!(status, 403);
-            assert_eq!(body, "claimed name \"bob\" differs from the certificate's name \"alice\"");
+            assert_eq!(
+                body,
+                "claimed name \"bob\" differs from the certificate's name \"alice\""
+            );
         }
         other => panic!("expected 403, got {other}"),
     }
     // A Qt client's Origin for its certificate's name (C1?????) matches.
-    let mut opts = options(&gw, "C1?????", ServerTrust::Ca(ca), Some(qt), &pki.path("k"));
+    let mut opts = options(
+        &gw,
+        "C1?????",
+        ServerTrust::Ca(ca),
+        Some(qt),
+        &pki.path("k"),
+    );
     opts.url = format!("wss://localhost:{}/", gw.ws.port());
     let mut ws = try_wss(&opts).await.unwrap();
-    assert!(round_trip(&mut ws).await.contains(&"C1我是客户端".to_owned()));
+    assert!(
+        round_trip(&mut ws)
+            .await
+            .contains(&"C1我是客户端".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -369,15 +450,31 @@ async fn a_ws_client_and_a_wss_client_exchange_private_messages() {
     let (cert, key, _) = pki.server();
     let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
     let plain_addr = gw.listeners[1].1;
-    let mut plain = try_connect(&format!("ws://{plain_addr}/"), Some(b"plain")).await.unwrap();
-    let mut secure = try_wss(&options(&gw, "secure", ServerTrust::Ca(pki.ca_file()), None, &pki.path("k")))
+    let mut plain = try_connect(&format!("ws://{plain_addr}/"), Some(b"plain"))
         .await
         .unwrap();
+    let mut secure = try_wss(&options(
+        &gw,
+        "secure",
+        ServerTrust::Ca(pki.ca_file()),
+        None,
+        &pki.path("k"),
+    ))
+    .await
+    .unwrap();
     round_trip(&mut secure).await;
-    send_json(&mut plain, &json!({"src":"plain","dst":"secure","msg":"over tls?"})).await;
+    send_json(
+        &mut plain,
+        &json!({"src":"plain","dst":"secure","msg":"over tls?"}),
+    )
+    .await;
     {
         use futures_util::StreamExt;
-        let frame = tokio::time::timeout(WAIT, secure.next()).await.unwrap().unwrap().unwrap();
+        let frame = tokio::time::timeout(WAIT, secure.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let got: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
         assert_eq!(got, json!({"src":"plain","dst":"secure","msg":"over tls?"}));
     }
@@ -385,21 +482,33 @@ async fn a_ws_client_and_a_wss_client_exchange_private_messages() {
         use futures_util::SinkExt;
         use tokio_tungstenite::tungstenite::Message;
         secure
-            .send(Message::text(r#"{"src":"secure","dst":"plain","msg":"yes"}"#))
+            .send(Message::text(
+                r#"{"src":"secure","dst":"plain","msg":"yes"}"#,
+            ))
             .await
             .unwrap();
     }
     assert_eq!(recv_json(&mut plain).await["src"], "secure");
     let clients = gw.operator().clients().await.unwrap();
-    let tls_of = |name: &str| clients.iter().find(|c| c.name == name).map(|c| (c.listener.clone(), c.tls));
+    let tls_of = |name: &str| {
+        clients
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| (c.listener.clone(), c.tls))
+    };
     assert_eq!(tls_of("plain"), Some(("ws".into(), false)));
     assert_eq!(tls_of("secure"), Some(("wss".into(), true)));
 }
 
 /// Awaits `tls_reload` on the event stream.
-async fn reload_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> serde_json::Value {
+async fn reload_event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> serde_json::Value {
     loop {
-        let line = tokio::time::timeout(WAIT, events.recv()).await.expect("reload in time").expect("events open");
+        let line = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("reload in time")
+            .expect("events open");
         let event: serde_json::Value = serde_json::from_str(&line).unwrap();
         if event["type"] == "tls_reload" {
             return event;
@@ -414,11 +523,16 @@ async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
     let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
     let mut events = follow_events(&gw).await;
     let pin = |pem: &Pem| ServerTrust::Fingerprint(Expect::Pin(fingerprint(&pem.der)));
-    let mut old = try_wss(&options(&gw, "old", pin(&old_pem), None, &pki.path("k"))).await.unwrap();
+    let mut old = try_wss(&options(&gw, "old", pin(&old_pem), None, &pki.path("k")))
+        .await
+        .unwrap();
     round_trip(&mut old).await;
 
     // New certificate and key on disk: new handshakes use them.
-    let new_pem = pki.other.issue(&Leaf::server(&["localhost".into()])).unwrap();
+    let new_pem = pki
+        .other
+        .issue(&Leaf::server(&["localhost".into()]))
+        .unwrap();
     std::fs::write(&key, &new_pem.key).unwrap();
     std::fs::write(&cert, &new_pem.cert).unwrap();
     let mut event = reload_event(&mut events).await;
@@ -427,8 +541,13 @@ async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
         event = reload_event(&mut events).await;
     }
     assert_eq!(event["listener"], "wss");
-    let mut new = try_wss(&options(&gw, "new", pin(&new_pem), None, &pki.path("k"))).await.unwrap();
-    let e = try_wss(&options(&gw, "stale", pin(&old_pem), None, &pki.path("k"))).await.err().expect("old pin fails");
+    let mut new = try_wss(&options(&gw, "new", pin(&new_pem), None, &pki.path("k")))
+        .await
+        .unwrap();
+    let e = try_wss(&options(&gw, "stale", pin(&old_pem), None, &pki.path("k")))
+        .await
+        .err()
+        .expect("old pin fails");
     assert!(e.to_string().contains("pin mismatch"), "{e}");
     // The connection opened before the reload carries on.
     assert_eq!(round_trip(&mut old).await, ["new", "old"]);
@@ -440,7 +559,9 @@ async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
     let error = event["error"].as_str().expect("reload error reported");
     assert!(error.contains(&cert.display().to_string()), "{error}");
     assert!(error.contains("no certificate found"), "{error}");
-    let mut again = try_wss(&options(&gw, "again", pin(&new_pem), None, &pki.path("k"))).await.unwrap();
+    let mut again = try_wss(&options(&gw, "again", pin(&new_pem), None, &pki.path("k")))
+        .await
+        .unwrap();
     round_trip(&mut again).await;
 }
 
@@ -452,22 +573,44 @@ async fn start_up_errors_name_the_file() {
     let missing = pki.path("missing.pem");
     let empty = pki.write("empty.pem", "");
     let cases: [(&Path, &Path, String); 4] = [
-        (&missing, &key, format!("{}: cannot read", missing.display())),
-        (&cert, &other_cert, format!("{}: no private key found", other_cert.display())),
-        (&empty, &key, format!("{}: no certificate found", empty.display())),
+        (
+            &missing,
+            &key,
+            format!("{}: cannot read", missing.display()),
+        ),
+        (
+            &cert,
+            &other_cert,
+            format!("{}: no private key found", other_cert.display()),
+        ),
+        (
+            &empty,
+            &key,
+            format!("{}: no certificate found", empty.display()),
+        ),
         (
             &other_cert,
             &key,
-            format!("{}: this private key does not match the certificate in {}", key.display(), other_cert.display()),
+            format!(
+                "{}: this private key does not match the certificate in {}",
+                key.display(),
+                other_cert.display()
+            ),
         ),
     ];
     for (cert, key, expected) in cases {
         let text = tls_config("secure", cert, key, "");
         let config = wssgate::Config::parse(&text, Path::new("t.toml")).unwrap();
-        let e = wssgate::Server::bind(config).await.err().expect("start refused");
+        let e = wssgate::Server::bind(config)
+            .await
+            .err()
+            .expect("start refused");
         let text = e.to_string();
         assert!(text.starts_with("listener \"wss\": "), "{text}");
-        assert!(text.contains(&expected), "expected {expected:?} in {text:?}");
+        assert!(
+            text.contains(&expected),
+            "expected {expected:?} in {text:?}"
+        );
     }
 }
 
@@ -476,14 +619,24 @@ fn openssl() -> Option<()> {
     if Command::new("openssl").arg("version").output().is_ok() {
         return Some(());
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "openssl is required in CI (.ci/run installs it)");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "openssl is required in CI (.ci/run installs it)"
+    );
     eprintln!("skipping: openssl not installed");
     None
 }
 
 fn run_openssl(args: &[&str]) -> String {
-    let out = Command::new("openssl").args(args).output().expect("openssl runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -495,10 +648,22 @@ async fn key_formats_and_chains() {
     // (label, key PEM as the server reads it, the same key as PKCS#8 for rcgen)
     let rsa_pkcs1 = run_openssl(&["genrsa", "-traditional", "2048"]);
     let rsa_file = pki.write("rsa-pkcs1.pem", &rsa_pkcs1);
-    let rsa_pkcs8 = run_openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", rsa_file.to_str().unwrap()]);
+    let rsa_pkcs8 = run_openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-in",
+        rsa_file.to_str().unwrap(),
+    ]);
     let ec_sec1 = run_openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout"]);
     let ec_file = pki.write("ec-sec1.pem", &ec_sec1);
-    let ec_pkcs8 = run_openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", ec_file.to_str().unwrap()]);
+    let ec_pkcs8 = run_openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-in",
+        ec_file.to_str().unwrap(),
+    ]);
     assert!(rsa_pkcs1.contains("BEGIN RSA PRIVATE KEY"));
     assert!(ec_sec1.contains("BEGIN EC PRIVATE KEY"));
     let ed = Ca::generate("ed CA", KeyType::Ed25519).unwrap();
@@ -520,27 +685,56 @@ async fn key_formats_and_chains() {
             None => ed_leaf.cert.clone(),
         };
         let cert = pki.write(&format!("{label}.pem").replace([' ', '#'], "_"), &cert_pem);
-        let key = pki.write(&format!("{label}-key.pem").replace([' ', '#'], "_"), &key_pem);
+        let key = pki.write(
+            &format!("{label}-key.pem").replace([' ', '#'], "_"),
+            &key_pem,
+        );
         let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
-        let mut ws = try_wss(&options(&gw, "k", ServerTrust::Ca(trust), None, &pki.path("k")))
-            .await
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let mut ws = try_wss(&options(
+            &gw,
+            "k",
+            ServerTrust::Ca(trust),
+            None,
+            &pki.path("k"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
         assert_eq!(round_trip(&mut ws).await, ["k"], "{label}");
     }
 
     // A chain: root -> intermediate -> leaf; the client trusts the root only.
     let intermediate = pki.ca.intermediate("test intermediate").unwrap();
-    let leaf = intermediate.issue(&Leaf::server(&["localhost".into()])).unwrap();
-    let chain = pki.write("chain.pem", &format!("{}{}", leaf.cert, intermediate.pem.cert));
+    let leaf = intermediate
+        .issue(&Leaf::server(&["localhost".into()]))
+        .unwrap();
+    let chain = pki.write(
+        "chain.pem",
+        &format!("{}{}", leaf.cert, intermediate.pem.cert),
+    );
     let key = pki.write("chain-key.pem", &leaf.key);
     let gw = start_config(&tls_config("secure", &chain, &key, "")).await;
-    let mut ws = try_wss(&options(&gw, "chained", ServerTrust::Ca(ca.clone()), None, &pki.path("k")))
-        .await
-        .expect("a chain with an intermediate verifies");
+    let mut ws = try_wss(&options(
+        &gw,
+        "chained",
+        ServerTrust::Ca(ca.clone()),
+        None,
+        &pki.path("k"),
+    ))
+    .await
+    .expect("a chain with an intermediate verifies");
     round_trip(&mut ws).await;
     // Without the intermediate in the file the client cannot build the chain.
     let alone = pki.write("leaf-alone.pem", &leaf.cert);
     let gw = start_config(&tls_config("secure", &alone, &key, "")).await;
-    let e = try_wss(&options(&gw, "x", ServerTrust::Ca(ca), None, &pki.path("k"))).await.err().expect("no chain");
+    let e = try_wss(&options(
+        &gw,
+        "x",
+        ServerTrust::Ca(ca),
+        None,
+        &pki.path("k"),
+    ))
+    .await
+    .err()
+    .expect("no chain");
     assert!(e.to_string().contains("unknown issuer"), "{e}");
 }
