@@ -128,7 +128,7 @@ async fn clients(State(state): State<AdminState>) -> Json<Vec<ClientRow>> {
 
 async fn broadcast(State(state): State<AdminState>, body: String) -> Json<Delivered> {
     let router = &state.shared.router;
-    let delivered = router.broadcast(Message::text(body));
+    let delivered = router.broadcast(Message::text(body)).queued;
     router.metrics().routed(RouteKind::broadcast).inc();
     tracing::info!(delivered, "operator broadcast");
     Json(Delivered { delivered })
@@ -136,14 +136,15 @@ async fn broadcast(State(state): State<AdminState>, body: String) -> Json<Delive
 
 async fn send(State(state): State<AdminState>, Path(name): Path<String>, body: String) -> Response {
     let router = &state.shared.router;
-    if !router.is_connected(&name) {
+    let delivery = router.send_to_name(&name, || Message::text(body));
+    if delivery.targets == 0 {
         return (
             StatusCode::NOT_FOUND,
             format!("recipient not connected: {name}\n"),
         )
             .into_response();
     }
-    let delivered = router.send_to_name(&name, Message::text(body));
+    let delivered = delivery.queued;
     router.metrics().routed(RouteKind::send).inc();
     tracing::info!(client = %name, delivered, "operator message");
     Json(Delivered { delivered }).into_response()

@@ -38,6 +38,8 @@ pub enum ErrorKind {
     protocol,
     /// A receiver closed with 1013 because its queue was full.
     slow_consumer,
+    /// A message dropped because its only recipients were slow consumers.
+    slow_recipient,
     /// A peer silent for longer than `idle_timeout`.
     idle_timeout,
     /// A handshake refused or failed.

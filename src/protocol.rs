@@ -63,10 +63,11 @@ pub struct Envelope {
 impl Envelope {
     /// The frame the receivers get: the sender's object with `src` set to
     /// the sender's real name, other fields untouched.
-    pub fn forward(mut self, src: &str) -> String {
+    pub fn forward(&mut self, src: &str) -> String {
         self.object
             .insert("src".to_owned(), Value::String(src.to_owned()));
-        Value::Object(self.object).to_string()
+        serde_json::to_string(&self.object)
+            .unwrap_or_else(|_| unreachable!("a JSON map with string keys always serializes"))
     }
 }
 
@@ -263,7 +264,7 @@ mod tests {
     fn qt_private_message() {
         let r = classify(r#"{"src":"C1","dst":"C2","msg":"hi"}"#);
         assert!(matches!(r, Request::Private(_)));
-        let e = envelope(r);
+        let mut e = envelope(r);
         assert_eq!(e.dst, "C2");
         assert_eq!(e.claimed_src.as_deref(), Some("C1"));
         let out: Value = serde_json::from_str(&e.forward("real")).unwrap();
@@ -272,7 +273,7 @@ mod tests {
 
     #[test]
     fn forward_keeps_other_fields_and_adds_src() {
-        let e = envelope(classify(r#"{"dst":"b","msg":"x","extra":[1,{"k":null}]}"#));
+        let mut e = envelope(classify(r#"{"dst":"b","msg":"x","extra":[1,{"k":null}]}"#));
         let out: Value = serde_json::from_str(&e.forward("a")).unwrap();
         assert_eq!(
             out,

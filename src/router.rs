@@ -53,6 +53,15 @@ pub struct SessionHandle {
     pub info: ClientInfo,
 }
 
+/// What a delivery reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Sessions the message was for.
+    pub targets: usize,
+    /// Sessions whose queue took it (the others were full: slow consumers).
+    pub queued: usize,
+}
+
 /// Why a session could not be admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdmitError {
@@ -289,43 +298,46 @@ impl Router {
         Some(full)
     }
 
-    /// Delivers `frame` to every session named `dst` (or to the one
+    /// Delivers a frame to every session named `dst` (or to the one
     /// provisional session whose name `dst` turns into under Qt's
-    /// substitution). Returns how many sessions got it; 0 means nobody is
-    /// connected under that name.
-    pub fn send_to_name(&self, dst: &str, frame: Message) -> usize {
+    /// substitution). The frame is built only when there is someone to get it.
+    pub fn send_to_name(&self, dst: &str, frame: impl FnOnce() -> Message) -> Delivery {
         let state = self.read();
-        let targets = state.lookup(dst);
-        let mut delivered = 0;
-        for target in targets {
-            delivered += usize::from(target.deliver(frame.clone(), self));
-        }
-        delivered
+        self.deliver_all(state.lookup(dst).iter(), frame)
     }
 
-    /// True when a message to `dst` would reach someone.
-    pub fn is_connected(&self, dst: &str) -> bool {
-        !self.read().lookup(dst).is_empty()
-    }
-
-    /// Delivers `frame` to every member of `room` but `from`. Returns how many got it.
+    /// Delivers a frame to every member of `room` but `from`.
     pub fn send_to_room(
         &self,
         from: &SessionHandle,
         room: &str,
-        frame: Message,
-    ) -> Result<usize, RoomError> {
+        frame: impl FnOnce() -> Message,
+    ) -> Result<Delivery, RoomError> {
         let state = self.read();
         let members = state
             .rooms
             .get(room)
             .filter(|m| m.contains_key(&from.id))
             .ok_or_else(|| RoomError::NotMember(room.to_owned()))?;
-        let mut delivered = 0;
-        for member in members.values().filter(|m| m.id != from.id) {
-            delivered += usize::from(member.deliver(frame.clone(), self));
+        Ok(self.deliver_all(members.values().filter(|m| m.id != from.id), frame))
+    }
+
+    fn deliver_all<'s>(
+        &self,
+        targets: impl Iterator<Item = &'s Arc<SessionHandle>>,
+        frame: impl FnOnce() -> Message,
+    ) -> Delivery {
+        let mut targets = targets.peekable();
+        let mut delivery = Delivery::default();
+        if targets.peek().is_none() {
+            return delivery;
         }
-        Ok(delivered)
+        let frame = frame();
+        for target in targets {
+            delivery.targets += 1;
+            delivery.queued += usize::from(target.deliver(frame.clone(), self));
+        }
+        delivery
     }
 
     /// Adds `handle` to `room` (joining twice is harmless).
@@ -381,14 +393,10 @@ impl Router {
         all
     }
 
-    /// Sends `frame` to every session. Returns how many got it.
-    pub fn broadcast(&self, frame: Message) -> usize {
+    /// Sends `frame` to every session.
+    pub fn broadcast(&self, frame: Message) -> Delivery {
         let state = self.read();
-        let mut delivered = 0;
-        for session in state.names.values().flatten() {
-            delivered += usize::from(session.deliver(frame.clone(), self));
-        }
-        delivered
+        self.deliver_all(state.names.values().flatten(), || frame)
     }
 
     /// Queues a frame for one session (a reply to its own request).
@@ -551,7 +559,7 @@ mod tests {
         let r = router(DuplicatePolicy::Allow);
         let mut a1 = connect(&r, "a", 8).unwrap();
         let mut a2 = connect(&r, "a", 8).unwrap();
-        assert_eq!(r.send_to_name("a", Message::text("x")), 2);
+        assert_eq!(r.send_to_name("a", || Message::text("x")).queued, 2);
         assert_eq!(a1.texts(), ["x"]);
         assert_eq!(a2.texts(), ["x"]);
         assert_eq!(r.names(None), ["a"]);
@@ -563,11 +571,17 @@ mod tests {
         let slow = connect(&r, "slow", 2).unwrap();
         let mut fast = connect(&r, "fast", 8).unwrap();
         for _ in 0..2 {
-            assert_eq!(r.send_to_name("slow", Message::text("x")), 1);
+            assert_eq!(r.send_to_name("slow", || Message::text("x")).queued, 1);
         }
-        assert_eq!(r.send_to_name("slow", Message::text("x")), 0);
+        assert_eq!(
+            r.send_to_name("slow", || Message::text("x")),
+            Delivery {
+                targets: 1,
+                queued: 0
+            }
+        );
         assert_eq!(slow.handle.close_code(), CLOSE_SLOW_CONSUMER);
-        assert_eq!(r.send_to_name("fast", Message::text("y")), 1);
+        assert_eq!(r.send_to_name("fast", || Message::text("y")).queued, 1);
         assert_eq!(fast.texts(), ["y"]);
     }
 
@@ -578,13 +592,19 @@ mod tests {
         let mut b = connect(&r, "b", 8).unwrap();
         let mut c = connect(&r, "c", 8).unwrap();
         assert_eq!(
-            r.send_to_room(&a.handle, "#r", Message::text("x")),
+            r.send_to_room(&a.handle, "#r", || Message::text("x")),
             Err(RoomError::NotMember("#r".into()))
         );
         r.join(&a.handle, "#r").unwrap();
         r.join(&b.handle, "#r").unwrap();
         r.join(&a.handle, "#r").unwrap();
-        assert_eq!(r.send_to_room(&a.handle, "#r", Message::text("x")), Ok(1));
+        assert_eq!(
+            r.send_to_room(&a.handle, "#r", || Message::text("x")),
+            Ok(Delivery {
+                targets: 1,
+                queued: 1
+            })
+        );
         assert_eq!(b.texts(), ["x"]);
         assert!(c.texts().is_empty());
         assert_eq!(r.names(Some("#r")), ["a", "b"]);
@@ -606,7 +626,11 @@ mod tests {
         let other = connect(&r, "C2?????", 8).unwrap();
         r.remove(&other.handle);
         // Before C2 spoke, a message to its full name reaches the one provisional match.
-        assert_eq!(r.send_to_name("C2我是客户端", Message::text("early")), 1);
+        assert_eq!(
+            r.send_to_name("C2我是客户端", || Message::text("early"))
+                .queued,
+            1
+        );
         assert_eq!(c2.texts(), ["early"]);
         // C1 takes its full name from its JSON src.
         assert_eq!(r.claim_full_name(&c1.handle, "C1wrong"), None);
@@ -622,6 +646,6 @@ mod tests {
         let r = router(DuplicatePolicy::Reject);
         let _a = connect(&r, "C?", 8).unwrap();
         let _b = connect(&r, "C?", 8).unwrap();
-        assert_eq!(r.send_to_name("C我", Message::text("x")), 0);
+        assert_eq!(r.send_to_name("C我", || Message::text("x")).targets, 0);
     }
 }

@@ -20,12 +20,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 use crate::events::Event;
+use crate::identity::ClientName;
 use crate::metrics::{ErrorKind, RouteKind};
 use crate::protocol::{self, Envelope, Notice, Request};
-use crate::router::{CLOSE_REPLACED, CLOSE_SLOW_CONSUMER, Router, SessionHandle};
+use crate::router::{CLOSE_REPLACED, CLOSE_SLOW_CONSUMER, Delivery, Router, SessionHandle};
 
 /// Frames written per flush at most, so one busy queue cannot starve reading.
 const MAX_BATCH: usize = 64;
+/// Close code and reason for a peer silent longer than `idle_timeout`.
+const CLOSE_IDLE: u16 = 1000;
+const IDLE_REASON: &str = "idle timeout";
 /// Time given to a slow consumer's close frame before the socket is dropped.
 const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -104,7 +108,7 @@ pub async fn run<S>(
                 heard = false;
                 if silent >= timers.idle_timeout {
                     router.metrics().error(ErrorKind::idle_timeout);
-                    break End::Closed { code: 1000, reason: "idle timeout" };
+                    break End::Closed { code: CLOSE_IDLE, reason: IDLE_REASON };
                 }
                 if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
                     break End::Gone(format!("write failed: {e}"));
@@ -180,9 +184,9 @@ async fn close<S>(
         code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(reason),
     };
-    // A slow consumer is not reading: its queue stays behind, and its close
-    // frame gets only a short time.
-    let (drain, grace) = if code == CLOSE_SLOW_CONSUMER {
+    // A slow consumer is not reading and an idle peer is not answering:
+    // their queue stays behind, and their close frame gets only a short time.
+    let (drain, grace) = if code == CLOSE_SLOW_CONSUMER || reason == IDLE_REASON {
         (false, SLOW_CLOSE_TIMEOUT.min(grace))
     } else {
         (true, grace)
@@ -276,27 +280,41 @@ impl Counters {
 
 fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, text: Utf8Bytes) {
     match protocol::classify(&text) {
-        Request::Private(envelope) => {
-            let dst = envelope.dst.clone();
-            let id = envelope.id.clone();
-            let frame = forward(router, handle, envelope);
-            if router.send_to_name(&dst, frame) == 0 {
-                reject(
+        Request::Private(mut envelope) => {
+            let name = sender_name(router, handle, &envelope);
+            let dst = std::mem::take(&mut envelope.dst);
+            let delivery =
+                router.send_to_name(&dst, || Message::text(envelope.forward(name.as_str())));
+            let failure = match delivery {
+                Delivery { targets: 0, .. } => {
+                    Some((ErrorKind::unknown_recipient, "recipient not connected"))
+                }
+                Delivery { queued: 0, .. } => Some((
+                    ErrorKind::slow_recipient,
+                    "recipient too slow, message dropped",
+                )),
+                _ => None,
+            };
+            match failure {
+                None => {
+                    counters.private.inc();
+                }
+                Some((kind, why)) => reject(
                     router,
                     handle,
-                    ErrorKind::unknown_recipient,
-                    &format!("recipient not connected: {dst}"),
-                    id.as_ref(),
-                );
-            } else {
-                counters.private.inc();
-            }
+                    kind,
+                    &format!("{why}: {dst}"),
+                    envelope.id.as_ref(),
+                ),
+            };
         }
-        Request::Room(envelope) => {
-            let room = envelope.dst.clone();
-            let id = envelope.id.clone();
-            let frame = forward(router, handle, envelope);
-            match router.send_to_room(handle, &room, frame) {
+        Request::Room(mut envelope) => {
+            let name = sender_name(router, handle, &envelope);
+            let room = std::mem::take(&mut envelope.dst);
+            let delivery = router.send_to_room(handle, &room, || {
+                Message::text(envelope.forward(name.as_str()))
+            });
+            match delivery {
                 Ok(_) => {
                     counters.room.inc();
                 }
@@ -305,9 +323,9 @@ fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, te
                     handle,
                     ErrorKind::invalid_request,
                     &e.to_string(),
-                    id.as_ref(),
+                    envelope.id.as_ref(),
                 ),
-            }
+            };
         }
         Request::Join { room, id } => {
             if let Err(e) = router.join(handle, &room) {
@@ -350,14 +368,15 @@ fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, te
     }
 }
 
-/// The frame the receivers get; a provisional Qt name may first take the
-/// full name the client put in `src`.
-fn forward(router: &Router, handle: &Arc<SessionHandle>, envelope: Envelope) -> Message {
-    if let Some(src) = envelope.claimed_src.as_deref() {
+/// The sender's name for `src`; a provisional Qt name may first take the
+/// full name the client put in its `src`.
+fn sender_name(router: &Router, handle: &Arc<SessionHandle>, envelope: &Envelope) -> ClientName {
+    if handle.is_provisional()
+        && let Some(src) = envelope.claimed_src.as_deref()
+    {
         router.claim_full_name(handle, src);
     }
-    let name = handle.name();
-    Message::text(envelope.forward(name.as_str()))
+    handle.name()
 }
 
 fn on_binary(router: &Router, handle: &SessionHandle, counters: &Counters, data: &[u8]) {
