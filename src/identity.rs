@@ -96,11 +96,12 @@ pub struct Claim {
 /// else the raw `Origin` header bytes.
 pub fn claim(query: Option<&str>, origin: Option<&[u8]>) -> Result<Claim, NameError> {
     if let Some(raw) = query.and_then(name_param) {
+        // `+` is a space in form encoding, which browsers use for query
+        // strings; replaced before decoding, so that `%2B` stays a `+`.
+        let raw = raw.replace('+', " ");
         let decoded = percent_encoding::percent_decode(raw.as_bytes())
             .decode_utf8()
             .map_err(|_| NameError::BadEncoding)?;
-        // `+` is a space in form encoding, which browsers use for query strings.
-        let decoded = decoded.replace('+', " ");
         return Ok(Claim {
             name: ClientName::new(&decoded)?,
             provisional: false,
@@ -172,6 +173,8 @@ mod tests {
         let c = claim(Some("name=a+b%3F"), None).unwrap();
         assert_eq!(c.name.as_str(), "a b?");
         assert!(!c.provisional, "?name= is exact, never provisional");
+        let c = claim(Some("name=1%2B1+%3D+2"), None).unwrap();
+        assert_eq!(c.name.as_str(), "1+1 = 2", "an encoded plus stays a plus");
     }
 
     #[test]
