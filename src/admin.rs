@@ -84,7 +84,9 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            // The scheme is case-insensitive (RFC 9110 section 11.1).
+            .and_then(|v| v.split_once(' '))
+            .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             tracing::warn!(path = %request.uri().path(), "admin request without a valid bearer token");
             let mut headers = HeaderMap::new();

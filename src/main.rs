@@ -246,30 +246,43 @@ fn init_logs(level: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM. On Unix the handlers are installed when
+/// this is called, not when the future is first polled: `serve` polls it only
+/// after binding and announcing its listeners, and a signal in between would
+/// take the default action and kill the process without a graceful shutdown.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        tokio::select! {
+            () = recv_signal(int, "SIGINT") => tracing::info!("SIGINT received"),
+            () = recv_signal(term, "SIGTERM") => tracing::info!("SIGTERM received"),
+        }
+    }
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::error!(error = %e, "cannot listen for SIGINT");
+        std::future::pending::<()>().await;
+    }
+    tracing::info!("SIGINT received");
+}
+
+/// Waits for one signal; forever if its handler could not be installed.
+#[cfg(unix)]
+async fn recv_signal(signal: std::io::Result<tokio::signal::unix::Signal>, name: &str) {
+    match signal {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for {name}");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
     }
 }

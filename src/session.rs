@@ -151,6 +151,11 @@ fn closing_end(code: u16) -> End {
 }
 
 /// Feeds `first` and every frame already queued (up to a batch), then flushes once.
+///
+/// Cancel-safe: the session drops this future when it is told to close, and
+/// `close` then sends what is left. So a frame is taken from the queue only
+/// once the sink is ready and is handed over at once; while the socket is
+/// full the wait holds no frame (`feed` would, and dropping it lost one).
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     first: Message,
@@ -159,10 +164,13 @@ async fn write_batch<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    ws.feed(first).await?;
+    // Ready: the previous batch ended with a completed flush.
+    std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
+    ws.start_send_unpin(first)?;
     for _ in 1..MAX_BATCH {
+        std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
         match rx.try_recv() {
-            Ok(frame) => ws.feed(frame).await?,
+            Ok(frame) => ws.start_send_unpin(frame)?,
             Err(_) => break,
         }
     }

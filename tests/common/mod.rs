@@ -498,3 +498,66 @@ fn parse_header(buf: &[u8]) -> Option<(u8, usize, usize)> {
     };
     Some((b0 & 0x0f, len, header))
 }
+
+/// The client's own address, as the gateway sees it as `remote`.
+pub fn local_addr(ws: &Ws) -> SocketAddr {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().expect("local address"),
+        _ => panic!("test clients are plain TCP"),
+    }
+}
+
+/// `http://` base URL of the admin API.
+pub fn admin_url(gw: &Gateway) -> String {
+    format!("http://{}", gw.admin)
+}
+
+/// Follows `/events` through `operator`; returns a receiver of event JSON
+/// lines once the `subscribed` event proved the subscription is live.
+pub async fn subscribe_events(operator: Operator) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _ = operator
+            .events(|line| {
+                let event = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("event is not JSON ({e}): {line}"));
+                let _ = tx.send(event);
+            })
+            .await;
+    });
+    let first = await_event(&mut rx, |_| true).await;
+    assert_eq!(first, serde_json::json!({"type": "subscribed"}));
+    rx
+}
+
+/// The next event that satisfies `pred` (others are skipped).
+pub async fn await_event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    loop {
+        let event = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("event in time")
+            .expect("event stream open");
+        if pred(&event) {
+            return event;
+        }
+    }
+}
+
+/// Reads frames until the stream ends (which also flushes tungstenite's
+/// reply to a close frame); returns the texts seen.
+pub async fn drain(ws: &mut Ws) -> Vec<String> {
+    let mut texts = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("stream ends in time")
+        {
+            Some(Ok(Message::Text(t))) => texts.push(t.to_string()),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return texts,
+        }
+    }
+}
