@@ -51,7 +51,7 @@ async fn client_names(gw: &Gateway) -> Vec<String> {
 async fn abuse_one_mib_text_frame_gets_a_notice_then_1009() {
     assert_eq!(wssgate::config::DEFAULT_MAX_MESSAGE_SIZE, 64 * 1024);
     let gw = start("").await; // default limits
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let mut alice = connect(&gw, "alice").await;
     let mut bob = connect(&gw, "bob").await;
 
@@ -75,7 +75,7 @@ async fn abuse_one_mib_text_frame_gets_a_notice_then_1009() {
         .map(|t| serde_json::from_str(t).unwrap())
         .collect();
     assert_eq!(texts, [error_notice("big", "message too large")]);
-    let event = next_event(&mut events, |e| e["type"] == "error").await;
+    let event = await_event(&mut events, |e| e["type"] == "error").await;
     assert_eq!(
         (&event["name"], &event["msg"]),
         (&json!("big"), &json!("message too large"))
@@ -104,7 +104,7 @@ async fn abuse_one_mib_text_frame_gets_a_notice_then_1009() {
 #[tokio::test]
 async fn abuse_invalid_utf8_in_text_frames_closes_with_1007() {
     let gw = start("").await;
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let mut alice = connect(&gw, "alice").await;
     let mut bob = connect(&gw, "bob").await;
 
@@ -152,7 +152,7 @@ async fn abuse_invalid_utf8_in_text_frames_closes_with_1007() {
 #[tokio::test]
 async fn abuse_client_vanishing_mid_message_is_removed() {
     let gw = start("").await;
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let mut alice = connect(&gw, "alice").await;
     let mut bob = connect(&gw, "bob").await;
 
@@ -178,7 +178,7 @@ const BLAST_COUNT: usize = 2000;
 #[tokio::test]
 async fn abuse_reader_that_never_reads_is_closed_and_the_sender_is_not_blocked() {
     let gw = start("[limits]\noutbound_queue = 8\n").await;
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let mut alice = connect(&gw, "alice").await;
     let mut bob = connect(&gw, "bob").await;
 
@@ -218,7 +218,7 @@ async fn abuse_reader_that_never_reads_is_closed_and_the_sender_is_not_blocked()
         )
     });
 
-    let error = next_event(&mut events, |e| e["type"] == "error" && e["name"] == "slow").await;
+    let error = await_event(&mut events, |e| e["type"] == "error" && e["name"] == "slow").await;
     assert_eq!(error["msg"], "slow consumer: outbound queue full");
     let gone = next_disconnect(&mut events, "slow").await;
     assert_eq!(gone["reason"], "closed by gateway: 1013 slow consumer");
@@ -406,7 +406,7 @@ async fn abuse_idle_peer_is_closed_while_a_ponging_client_stays() {
         "[limits]\nping_interval = \"100ms\"\nidle_timeout = \"300ms\"\nshutdown_grace = \"200ms\"\n",
     )
     .await;
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let mut alice = Driven::connect(&gw, "alice").await;
     let mut bob = Driven::connect(&gw, "bob").await;
 
@@ -460,7 +460,7 @@ async fn connect_and_close(gw: &Gateway, name: &str) {
 #[tokio::test]
 async fn abuse_connect_disconnect_burst_leaves_nothing_behind() {
     let gw = start("").await;
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let mut alice = connect(&gw, "alice").await;
     let mut bob = connect(&gw, "bob").await;
 
@@ -473,7 +473,7 @@ async fn abuse_connect_disconnect_burst_leaves_nothing_behind() {
         // the event stream never falls behind.
         let mut pending: HashSet<&str> = names.iter().map(String::as_str).collect();
         while !pending.is_empty() {
-            let event = next_event(&mut events, |e| e["type"] == "disconnect").await;
+            let event = await_event(&mut events, |e| e["type"] == "disconnect").await;
             let name = event["name"].as_str().unwrap();
             assert!(pending.remove(name), "unexpected disconnect: {event}");
             assert_eq!(event["reason"], "client closed", "{event}");

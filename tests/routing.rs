@@ -141,7 +141,7 @@ async fn list_names_everyone_connected() {
 #[tokio::test]
 async fn everything_else_goes_to_the_operator() {
     let gw = start("").await;
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let mut a = connect(&gw, "a").await;
     let texts = [
         "plain text",
@@ -153,7 +153,7 @@ async fn everything_else_goes_to_the_operator() {
     ];
     for text in texts {
         send_text(&mut a, text).await;
-        let event = next_event(&mut events, |e| e["type"] == "message").await;
+        let event = await_event(&mut events, |e| e["type"] == "message").await;
         assert_eq!(event["name"], "a");
         assert_eq!(event["text"], text);
         assert!(event["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
@@ -161,7 +161,7 @@ async fn everything_else_goes_to_the_operator() {
     a.send(Message::Binary(Bytes::from_static(b"\x00\x01bin")))
         .await
         .unwrap();
-    let event = next_event(&mut events, |e| e["type"] == "binary").await;
+    let event = await_event(&mut events, |e| e["type"] == "binary").await;
     assert_eq!(event["base64"], "AAFiaW4=");
     // Nothing came back to the sender for any of them.
     assert_eq!(list(&mut a).await, ["a"]);

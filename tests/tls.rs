@@ -500,28 +500,12 @@ async fn a_ws_client_and_a_wss_client_exchange_private_messages() {
     assert_eq!(tls_of("secure"), Some(("wss".into(), true)));
 }
 
-/// Awaits `tls_reload` on the event stream.
-async fn reload_event(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-) -> serde_json::Value {
-    loop {
-        let line = tokio::time::timeout(WAIT, events.recv())
-            .await
-            .expect("reload in time")
-            .expect("events open");
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if event["type"] == "tls_reload" {
-            return event;
-        }
-    }
-}
-
 #[tokio::test]
 async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
     let pki = Pki::new();
     let (cert, key, old_pem) = pki.server();
     let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let pin = |pem: &Pem| ServerTrust::Fingerprint(Expect::Pin(fingerprint(&pem.der)));
     let mut old = try_wss(&options(&gw, "old", pin(&old_pem), None, &pki.path("k")))
         .await
@@ -535,10 +519,10 @@ async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
         .unwrap();
     std::fs::write(&key, &new_pem.key).unwrap();
     std::fs::write(&cert, &new_pem.cert).unwrap();
-    let mut event = reload_event(&mut events).await;
+    let mut event = await_event(&mut events, |e| e["type"] == "tls_reload").await;
     // The two files may be seen half-written once; the final state reloads.
     while event.get("error").is_some() {
-        event = reload_event(&mut events).await;
+        event = await_event(&mut events, |e| e["type"] == "tls_reload").await;
     }
     assert_eq!(event["listener"], "wss");
     let mut new = try_wss(&options(&gw, "new", pin(&new_pem), None, &pki.path("k")))
@@ -555,7 +539,7 @@ async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
 
     // A broken file: reported, and the certificate in service stays.
     std::fs::write(&cert, "not a certificate\n").unwrap();
-    let event = reload_event(&mut events).await;
+    let event = await_event(&mut events, |e| e["type"] == "tls_reload").await;
     let error = event["error"].as_str().expect("reload error reported");
     assert!(error.contains(&cert.display().to_string()), "{error}");
     assert!(error.contains("no certificate found"), "{error}");

@@ -270,45 +270,12 @@ fn parse_response(raw: &[u8]) -> (u16, String) {
 // Operator events (`GET /events`)
 // ---------------------------------------------------------------------------
 
-/// Reads SSE events until one satisfies `pred`.
-pub async fn next_event(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    loop {
-        let line = tokio::time::timeout(WAIT, events.recv())
-            .await
-            .expect("event in time")
-            .expect("event stream open");
-        let event: Value = serde_json::from_str(&line).expect("event is JSON");
-        if pred(&event) {
-            return event;
-        }
-    }
-}
-
-/// Follows `/events`; returns a receiver of event lines once subscribed.
-pub async fn follow_events(gw: &Gateway) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let operator = gw.operator();
-    tokio::spawn(async move {
-        let _ = operator
-            .events(|line| {
-                let _ = tx.send(line.to_owned());
-            })
-            .await;
-    });
-    let mut rx = rx;
-    next_event(&mut rx, |e| e["type"] == "subscribed").await;
-    rx
-}
-
 /// Waits for the `disconnect` event of `name` and returns it.
 pub async fn next_disconnect(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
     name: &str,
 ) -> Value {
-    next_event(events, |e| e["type"] == "disconnect" && e["name"] == name).await
+    await_event(events, |e| e["type"] == "disconnect" && e["name"] == name).await
 }
 
 // ---------------------------------------------------------------------------
