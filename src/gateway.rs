@@ -242,6 +242,7 @@ async fn bind(listener: &str, addr: SocketAddr) -> Result<TcpListener, StartErro
 async fn accept_loop(shared: Arc<Shared>, ctx: Arc<ListenerCtx>, tcp: TcpListener) {
     loop {
         let accepted = tokio::select! {
+            biased;
             () = shared.shutdown.cancelled() => break,
             accepted = tcp.accept() => accepted,
         };
@@ -288,6 +289,7 @@ fn spawn_connection(
                 None => connection(&shared, &ctx, stream, peer, permit, deadline, None).await,
                 Some(acceptor) => {
                     let accepted = tokio::select! {
+                        biased;
                         () = shared.shutdown.cancelled() => return,
                         r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
                     };
@@ -364,6 +366,7 @@ async fn connection<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let request = tokio::select! {
+        biased;
         () = shared.shutdown.cancelled() => return,
         result = tokio::time::timeout_at(deadline, read_upgrade(shared, ctx, &mut stream, permit.is_some(), cert.as_ref())) => match result {
             Ok(Some(request)) => request,
@@ -429,9 +432,12 @@ async fn connection<S>(
         idle_timeout: shared.limits.idle_timeout.0,
         close_grace: shared.limits.shutdown_grace.0,
     };
-    session::run(ws, handle, rx, shared.router.clone(), timers).await;
-    ctx.metrics.open.dec();
-    drop(permit);
+    let open = ctx.metrics.open.clone();
+    session::run(ws, handle, rx, shared.router.clone(), timers, move || {
+        open.dec();
+        drop(permit);
+    })
+    .await;
 }
 
 /// Reads and checks the upgrade request and the name it claims; `None`

@@ -179,10 +179,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             config,
             action,
         } => {
-            let (config, _) = load(config.as_deref())?;
-            let admin = config.admin.get_ref();
-            let url = url.unwrap_or_else(|| format!("http://{}", admin.bind));
-            let operator = Operator::new(&url, token.or_else(|| admin.token.clone()));
+            // The config is only needed for what the flags leave open.
+            let (url, token) = match (url, token, config) {
+                (Some(url), token, None) => (url, token),
+                (url, token, config) => {
+                    let (config, _) = load(config.as_deref())?;
+                    let admin = config.admin.get_ref();
+                    (
+                        url.unwrap_or_else(|| format!("http://{}", admin.bind)),
+                        token.or_else(|| admin.token.clone()),
+                    )
+                }
+            };
+            let operator = Operator::new(&url, token);
             admin_action(&operator, action).await
         }
     }

@@ -72,7 +72,12 @@ impl Operator {
         Operator {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            http: reqwest::Client::new(),
+            // The admin API is local or on a private network: never send
+            // the bearer token through an HTTP(S)_PROXY from the environment.
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
         }
     }
 

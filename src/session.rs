@@ -52,13 +52,16 @@ enum End {
     Closed { code: u16, reason: &'static str },
 }
 
-/// Runs a session to its end; the handle is removed from the router after.
+/// Runs a session to its end: the handle is removed from the router, the
+/// socket closed, `on_end` called (so that gauges are right before anyone
+/// hears of it), and the disconnect logged and published.
 pub async fn run<S>(
     mut ws: WebSocketStream<S>,
     handle: Arc<SessionHandle>,
     mut rx: mpsc::Receiver<Message>,
     router: Arc<Router>,
     timers: SessionTimers,
+    on_end: impl FnOnce(),
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -128,6 +131,7 @@ pub async fn run<S>(
     if let End::Closed { code, reason } = end {
         close(&mut ws, &mut rx, code, reason, timers.close_grace).await;
     }
+    on_end();
     tracing::info!(client = %name, %remote, %reason, "disconnected");
     router.events().publish(&Event::Disconnect {
         name: name.as_str(),
