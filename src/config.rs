@@ -19,6 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::modes::{ClientAuth, IdentitySource, Mode};
+use crate::proxy::TrustedProxies;
 
 /// Where `serve` looks for a config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
@@ -121,11 +122,31 @@ pub struct ListenerConfig {
     /// when they are missing (never overwrites).
     #[serde(default)]
     pub dev_certs: bool,
+    /// Proxies whose `Forwarded`/`X-Forwarded-For`/`X-Real-IP` headers are
+    /// believed (and, with `proxy_protocol`, who may send PROXY headers).
+    #[serde(default)]
+    pub trusted_proxies: TrustedProxies,
+    /// Every connection starts with a PROXY protocol v1 or v2 header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Browser origins allowed to connect; when set, an `Origin` not listed
+    /// is refused with 403 and names come from `?name=` only.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 impl ListenerConfig {
-    /// The TLS keys fit the mode.
+    /// The TLS keys fit the mode; origins are origins.
     fn check_tls(&self) -> Result<(), String> {
+        if let Some(bad) = self
+            .allowed_origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
+        {
+            return Err(format!(
+                "allowed_origins entry {bad:?} is not an origin: write scheme://host[:port], e.g. \"https://chat.example.com\""
+            ));
+        }
         let mode = self.mode.as_str();
         if !self.mode.is_tls() {
             let tls_only = [
@@ -205,6 +226,8 @@ pub struct LimitsConfig {
     pub shutdown_grace: ConfigDuration,
     /// Rooms one session may join.
     pub max_rooms_per_session: usize,
+    /// Sessions from one client address (after proxy resolution); unset: no limit.
+    pub max_connections_per_address: Option<NonZeroUsize>,
 }
 
 /// What to do when a second session claims a name already connected.
@@ -429,6 +452,9 @@ fn default_listeners() -> Vec<Spanned<ListenerConfig>> {
             client_ca: None,
             identity: IdentitySource::Claimed,
             dev_certs: false,
+            trusted_proxies: TrustedProxies::default(),
+            proxy_protocol: false,
+            allowed_origins: Vec::new(),
         },
     )]
 }
@@ -465,6 +491,7 @@ impl Default for LimitsConfig {
             idle_timeout: ConfigDuration(DEFAULT_IDLE_TIMEOUT),
             shutdown_grace: ConfigDuration(DEFAULT_SHUTDOWN_GRACE),
             max_rooms_per_session: DEFAULT_MAX_ROOMS_PER_SESSION,
+            max_connections_per_address: None,
         }
     }
 }

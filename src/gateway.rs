@@ -30,6 +30,7 @@ use crate::handshake::{self, Head, Refusal};
 use crate::identity::{self, Claim, ClientName};
 use crate::metrics::{ErrorKind, ListenerMetrics, Metrics};
 use crate::modes::{IdentitySource, Mode};
+use crate::proxy::{self, Prefixed};
 use crate::router::{AdmitError, ClientInfo, Router, RouterConfig};
 use crate::session::{self, SessionTimers};
 use crate::tls::{self, ServerTls, ServerTlsFiles, TlsError};
@@ -94,6 +95,7 @@ pub(crate) struct Shared {
     ws_config: WebSocketConfig,
     connections: Arc<Semaphore>,
     refusing: AtomicUsize,
+    per_address: Arc<AddressLimit>,
     /// Cancelled when shutdown begins: stop accepting, close sessions.
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -144,6 +146,7 @@ impl Server {
             metrics,
             events,
             connections: Arc::new(Semaphore::new(limits.max_connections.get())),
+            per_address: Arc::new(AddressLimit::new(limits.max_connections_per_address)),
             refusing: AtomicUsize::new(0),
             limits,
             ws_config,
@@ -266,7 +269,7 @@ fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let span = tracing::info_span!("conn", listener = %ctx.name, remote = %peer);
+    let span = tracing::info_span!("conn", listener = %ctx.name, peer = %peer);
     // Over the cap, the connection still gets its 503 (after TLS and the
     // request head), unless too many are already waiting for one.
     let permit = match shared.connections.clone().try_acquire_owned() {
@@ -285,31 +288,14 @@ fn spawn_connection(
         async move {
             let refusing = permit.is_none();
             let deadline = Instant::now() + shared.limits.handshake_timeout.0;
-            match ctx.tls.as_ref().map(|t| t.acceptor()) {
-                None => connection(&shared, &ctx, stream, peer, permit, deadline, None).await,
-                Some(acceptor) => {
-                    let accepted = tokio::select! {
-                        biased;
-                        () = shared.shutdown.cancelled() => return,
-                        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
-                    };
-                    match accepted {
-                        Ok(Ok(tls_stream)) => {
-                            let cert =
-                                PeerCert::of(&ctx, tls_stream.get_ref().1.peer_certificates());
-                            connection(&shared, &ctx, tls_stream, peer, permit, deadline, cert)
-                                .await;
-                        }
-                        Ok(Err(e)) => {
-                            shared.metrics.error(ErrorKind::tls_handshake);
-                            tracing::info!(error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            shared.metrics.error(ErrorKind::handshake);
-                            tracing::debug!("TLS handshake timed out; dropping");
-                        }
-                    }
+            if ctx.config.proxy_protocol {
+                if let Some((stream, source)) =
+                    proxy_header(&shared, &ctx, stream, peer, deadline).await
+                {
+                    terminate(&shared, &ctx, stream, source, permit, deadline).await;
                 }
+            } else {
+                terminate(&shared, &ctx, stream, peer, permit, deadline).await;
             }
             if refusing {
                 shared.refusing.fetch_sub(1, Ordering::Relaxed);
@@ -317,6 +303,131 @@ fn spawn_connection(
         }
         .instrument(span),
     );
+}
+
+/// Reads the PROXY header a `proxy_protocol` listener expects; returns the
+/// stream after it and the client address it names (the peer's own for a
+/// `LOCAL` header). `None` when it is missing or the peer may not send one.
+async fn proxy_header(
+    shared: &Shared,
+    ctx: &ListenerCtx,
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<(Prefixed<TcpStream>, SocketAddr)> {
+    let trusted = &ctx.config.trusted_proxies;
+    if !trusted.is_empty() && !trusted.contains(peer.ip()) {
+        shared.metrics.error(ErrorKind::handshake);
+        tracing::info!("PROXY header from a peer outside trusted_proxies; closing");
+        return None;
+    }
+    let read = tokio::select! {
+        biased;
+        () = shared.shutdown.cancelled() => return None,
+        r = tokio::time::timeout_at(deadline, proxy::read_header(stream)) => r,
+    };
+    match read {
+        Ok(Ok((source, stream))) => {
+            let source = source.unwrap_or(peer);
+            tracing::debug!(client_addr = %source, "PROXY header");
+            Some((stream, source))
+        }
+        Ok(Err(e)) => {
+            shared.metrics.error(ErrorKind::handshake);
+            tracing::info!(error = %e, "connection without a valid PROXY header; closing");
+            None
+        }
+        Err(_) => {
+            shared.metrics.error(ErrorKind::handshake);
+            tracing::debug!("PROXY header timed out; dropping");
+            None
+        }
+    }
+}
+
+/// TLS (on a TLS listener), then the WebSocket connection.
+async fn terminate<S>(
+    shared: &Arc<Shared>,
+    ctx: &ListenerCtx,
+    stream: S,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    deadline: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(acceptor) = ctx.tls.as_ref().map(|t| t.acceptor()) else {
+        return connection(shared, ctx, stream, peer, permit, deadline, None).await;
+    };
+    let accepted = tokio::select! {
+        biased;
+        () = shared.shutdown.cancelled() => return,
+        r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+    };
+    match accepted {
+        Ok(Ok(tls_stream)) => {
+            let cert = PeerCert::of(ctx, tls_stream.get_ref().1.peer_certificates());
+            connection(shared, ctx, tls_stream, peer, permit, deadline, cert).await;
+        }
+        Ok(Err(e)) => {
+            shared.metrics.error(ErrorKind::tls_handshake);
+            tracing::info!(error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            shared.metrics.error(ErrorKind::handshake);
+            tracing::debug!("TLS handshake timed out; dropping");
+        }
+    }
+}
+
+/// Sessions per client address, under `max_connections_per_address`.
+struct AddressLimit {
+    limit: Option<std::num::NonZeroUsize>,
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One session's place in its address's count; released on drop.
+struct AddressSlot {
+    limits: Arc<AddressLimit>,
+    ip: std::net::IpAddr,
+}
+
+impl AddressLimit {
+    fn new(limit: Option<std::num::NonZeroUsize>) -> Self {
+        AddressLimit {
+            limit,
+            counts: Default::default(),
+        }
+    }
+
+    /// A slot for `ip`, or `None` when it has its limit of sessions.
+    fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Option<AddressSlot>> {
+        let Some(limit) = self.limit else {
+            return Some(None);
+        };
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= limit.get() {
+            return None;
+        }
+        *count += 1;
+        Some(Some(AddressSlot {
+            limits: self.clone(),
+            ip,
+        }))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.limits.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The client certificate of a TLS connection, as far as identity goes.
@@ -379,9 +490,18 @@ async fn connection<S>(
         },
     };
     let (upgrade, claim) = request;
+    let remote = proxy::client_addr(peer, &upgrade.forwarded, &ctx.config.trusted_proxies);
+    let Some(address_slot) = shared.per_address.acquire(remote.ip()) else {
+        let refusal = Refusal::new(
+            503,
+            "too many connections from this address: try again later",
+        );
+        refuse(shared, &mut stream, &refusal).await;
+        return;
+    };
     let (tx, rx) = mpsc::channel(shared.limits.outbound_queue.get());
     let info = ClientInfo {
-        remote: peer,
+        remote,
         listener: ctx.name.clone(),
         tls: ctx.config.mode.is_tls(),
         connected_at: SystemTime::now(),
@@ -412,10 +532,10 @@ async fn connection<S>(
     let leftover = upgrade.leftover;
     let name = handle.name();
     tracing::Span::current().record("client", tracing::field::display(&name));
-    tracing::info!(client = %name, remote = %peer, provisional = handle.is_provisional(), "connected");
+    tracing::info!(client = %name, %remote, provisional = handle.is_provisional(), "connected");
     shared.events.publish(&Event::Connect {
         name: name.as_str(),
-        remote: peer,
+        remote,
         listener: &ctx.name,
     });
     ctx.metrics.open.inc();
@@ -435,6 +555,7 @@ async fn connection<S>(
     let open = ctx.metrics.open.clone();
     session::run(ws, handle, rx, shared.router.clone(), timers, move || {
         open.dec();
+        drop(address_slot);
         drop(permit);
     })
     .await;
@@ -472,7 +593,22 @@ where
         refuse(shared, stream, &refusal).await;
         return None;
     }
-    let claimed = identity::claim(upgrade.query.as_deref(), upgrade.origin.as_deref());
+    // With allowed_origins, Origin is a browser's origin, checked, and never a name.
+    let origins = &ctx.config.allowed_origins;
+    let name_origin = if origins.is_empty() {
+        upgrade.origin.as_deref()
+    } else {
+        if let Some(origin) = upgrade.origin.as_deref() {
+            let origin = identity::decode_header(origin);
+            if !origins.iter().any(|o| o.eq_ignore_ascii_case(&origin)) {
+                let refusal = Refusal::new(403, format!("origin not allowed: {origin}"));
+                refuse(shared, stream, &refusal).await;
+                return None;
+            }
+        }
+        None
+    };
+    let claimed = identity::claim(upgrade.query.as_deref(), name_origin);
     let claim = match ctx.config.identity {
         IdentitySource::Claimed => claimed.map_err(|e| Refusal::new(400, e.to_string())),
         IdentitySource::Certificate => certificate_claim(cert, claimed),

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::config::PathPrefix;
+use crate::proxy::ForwardedHeaders;
 
 /// Headers read from one request at most.
 const MAX_HEADERS: usize = 64;
@@ -28,6 +29,8 @@ pub struct Upgrade {
     pub origin: Option<Vec<u8>>,
     /// `Sec-WebSocket-Key`.
     key: Vec<u8>,
+    /// `Forwarded`, `X-Forwarded-For`, `X-Real-IP` (used only from trusted proxies).
+    pub forwarded: ForwardedHeaders,
     /// Bytes read past the request head (early frames); handed to the WebSocket.
     pub leftover: Vec<u8>,
 }
@@ -177,8 +180,26 @@ fn classify(request: &httparse::Request<'_, '_>, prefix: &PathPrefix) -> Head {
         query: query.map(str::to_owned),
         origin: header("origin").map(<[u8]>::to_vec),
         key: key.to_vec(),
+        forwarded: forwarded_headers(request.headers),
         leftover: Vec::new(),
     })
+}
+
+fn forwarded_headers(headers: &[httparse::Header<'_>]) -> ForwardedHeaders {
+    let mut out = ForwardedHeaders::default();
+    for h in headers {
+        let Ok(value) = std::str::from_utf8(h.value) else {
+            continue;
+        };
+        if h.name.eq_ignore_ascii_case("forwarded") {
+            out.forwarded.push(value.to_owned());
+        } else if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            out.x_forwarded_for.push(value.to_owned());
+        } else if h.name.eq_ignore_ascii_case("x-real-ip") {
+            out.x_real_ip = Some(value.to_owned());
+        }
+    }
+    out
 }
 
 /// Writes a complete plain-text HTTP response and shuts the write side.

@@ -13,6 +13,7 @@
 //! - [`session`]: one connection's task: read, route, batch-write, ping, close.
 //! - [`protocol`]: what a client frame means; the gateway's notices (pure).
 //! - [`router`]: the origin-keyed routing core: names, rooms, policies (no sockets).
+//! - [`proxy`]: real client addresses behind proxies (PROXY protocol, forwarding headers).
 //! - [`events`]: operator events fanned out to `GET /events`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the operator HTTP API.
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod modes;
 pub mod operator;
 pub mod protocol;
+pub mod proxy;
 pub mod router;
 pub mod session;
 pub mod tls;
