@@ -442,7 +442,42 @@ pub fn explain_client_error(error: &(dyn std::error::Error + 'static)) -> Option
                 other => format!("TLS handshake failed: {other}"),
             });
         }
-        cur = e.source();
+        // `io::Error::source()` skips the error it wraps (it returns that
+        // error's source), and tokio-rustls wraps the rustls error in one.
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner),
+            None => e.source(),
+        };
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explains_a_rustls_error_inside_an_io_error() {
+        use rustls::{CertificateError, Error};
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        let text = explain_client_error(&io).expect("a TLS error");
+        assert!(text.contains("--ca FILE"), "{text}");
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            Error::General("server certificate changed since first use: x".into()),
+        );
+        assert!(
+            explain_client_error(&io)
+                .expect("a TLS error")
+                .contains("--accept-new")
+        );
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(explain_client_error(&plain), None);
+    }
 }
