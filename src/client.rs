@@ -42,6 +42,11 @@ pub struct ConnectInfo {
     pub server_fingerprint: Option<String>,
     /// True when the fingerprint was stored now (first use or `--accept-new`).
     pub newly_trusted: bool,
+    /// With `newly_trusted`: the fingerprint remembered before, which
+    /// `--accept-new` replaced (`None` on first use).
+    pub replaced_fingerprint: Option<String>,
+    /// `host:port` as the known-hosts file names the server.
+    pub addr: String,
 }
 
 /// Why a connection failed; the text says what to do.
@@ -163,7 +168,10 @@ pub async fn connect(opts: &ConnectOptions) -> Result<(ClientStream, ConnectInfo
             reason,
         })?;
     let _ = tcp.set_nodelay(true);
-    let mut info = ConnectInfo::default();
+    let mut info = ConnectInfo {
+        addr: addr.clone(),
+        ..ConnectInfo::default()
+    };
     let stream: Box<dyn Io> = if secure {
         let (tls_stream, seen) = tls_connect(opts, &host, &addr, tcp).await?;
         info = remember(opts, &addr, seen)?;
@@ -216,7 +224,8 @@ fn remember(
 ) -> Result<ConnectInfo, ConnectError> {
     let mut info = ConnectInfo {
         server_fingerprint: seen.clone(),
-        newly_trusted: false,
+        addr: addr.to_owned(),
+        ..ConnectInfo::default()
     };
     if let (ServerTrust::Fingerprint(Expect::FirstUse { .. }), Some(seen)) = (&opts.tls.trust, seen)
     {
@@ -224,6 +233,7 @@ fn remember(
         if known.as_deref() != Some(seen.as_str()) {
             store_fingerprint(&opts.known_hosts, addr, &seen)?;
             info.newly_trusted = true;
+            info.replaced_fingerprint = known;
         }
     }
     Ok(info)

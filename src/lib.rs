@@ -18,12 +18,15 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the operator HTTP API.
 //! - [`operator`]: the client of that API behind `wssgate admin`.
+//! - [`chat`]: the `wssgate-client` session: input lines to frames, received
+//!   frames to lines, scripted sends, reconnects (on top of [`client`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod certgen;
+pub mod chat;
 pub mod client;
 pub mod config;
 pub mod events;

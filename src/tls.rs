@@ -461,3 +461,30 @@ fn explain_client_error_here(e: &(dyn std::error::Error + 'static)) -> Option<St
                 other => format!("TLS handshake failed: {other}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explains_a_rustls_error_inside_an_io_error() {
+        use rustls::{CertificateError, Error};
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        let text = explain_client_error(&io).expect("a TLS error");
+        assert!(text.contains("--ca FILE"), "{text}");
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            Error::General("server certificate changed since first use: x".into()),
+        );
+        assert!(
+            explain_client_error(&io)
+                .expect("a TLS error")
+                .contains("--accept-new")
+        );
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(explain_client_error(&plain), None);
+    }
+}
