@@ -4,7 +4,7 @@
 //! Values that can be checked alone (addresses, durations, paths, modes) are
 //! checked while deserializing, so the TOML parser reports their line. Rules
 //! that span several values (two listeners on one address, a public admin
-//! listener without a token) are checked in [`Config::validate`], which finds
+//! listener without a token) are checked in `Config::validate`, which finds
 //! the line through the spans it kept.
 
 use std::fmt;

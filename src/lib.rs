@@ -8,16 +8,20 @@
 //! - [`config`]: the TOML config, its defaults and validation.
 //! - [`modes`]: the four security modes of a listener.
 //! - [`gateway`]: listeners, the upgrade with identity and limits, lifecycle.
+//! - [`proxy`]: real client addresses behind proxies (PROXY protocol, forwarding headers).
+//! - [`tls`]: rustls server and client configs, PEM loading, reload;
+//!   `tls::danger` holds the verifiers that skip chain validation.
 //! - [`handshake`]: the HTTP request head and the upgrade or refusal answer.
 //! - [`identity`]: client names from `?name=` or `Origin`, the Qt name rules.
 //! - [`session`]: one connection's task: read, route, batch-write, ping, close.
 //! - [`protocol`]: what a client frame means; the gateway's notices (pure).
 //! - [`router`]: the origin-keyed routing core: names, rooms, policies (no sockets).
-//! - [`proxy`]: real client addresses behind proxies (PROXY protocol, forwarding headers).
 //! - [`events`]: operator events fanned out to `GET /events`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the operator HTTP API.
 //! - [`operator`]: the client of that API behind `wssgate admin`.
+//! - [`certgen`]: development CA, server and client certificates (`gen-certs`).
+//! - [`client`]: connect to ws/wss under a certificate policy, explain failures.
 //! - [`chat`]: the `wssgate-client` session: input lines to frames, received
 //!   frames to lines, scripted sends, reconnects (on top of [`client`]).
 
