@@ -279,6 +279,20 @@ impl Ca {
     }
 }
 
+/// A development CA's name, unique so that two dev CAs never look alike
+/// to a verifier (the same subject with another key only fails late, as a
+/// bad signature, instead of as an unknown issuer).
+fn dev_ca_name() -> String {
+    use ring::rand::SecureRandom;
+    let mut tag = [0u8; 4];
+    // The tag only disambiguates names; a failed RNG leaves it zero.
+    let _ = ring::rand::SystemRandom::new().fill(&mut tag);
+    format!(
+        "wssgate development CA {}",
+        data_encoding::HEXLOWER.encode(&tag)
+    )
+}
+
 fn name(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -370,7 +384,7 @@ pub fn gen_certs(opts: &GenCerts) -> Result<Report, CertGenError> {
         });
         Ca::load(&ca_cert, &ca_key)?
     } else {
-        let ca = Ca::generate("wssgate development CA", opts.key_type)?;
+        let ca = Ca::generate(&dev_ca_name(), opts.key_type)?;
         written.push(write_file(&ca_cert, &ca.pem.cert, false)?);
         written.push(write_file(&ca_key, &ca.pem.key, true)?);
         ca
@@ -429,7 +443,7 @@ pub fn ensure_dev_certs(cert: &Path, key: &Path) -> Result<Option<Report>, CertG
     let ca = if ca_cert.exists() && ca_key.exists() {
         Ca::load(&ca_cert, &ca_key)?
     } else {
-        let ca = Ca::generate("wssgate development CA", KeyType::default())?;
+        let ca = Ca::generate(&dev_ca_name(), KeyType::default())?;
         written.push(write_file(&ca_cert, &ca.pem.cert, false)?);
         written.push(write_file(&ca_key, &ca.pem.key, true)?);
         ca

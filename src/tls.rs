@@ -433,6 +433,9 @@ fn explain_client_error_here(e: &(dyn std::error::Error + 'static)) -> Option<St
                 Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
                     "the server certificate is signed by an unknown issuer: pass --ca FILE with the CA that signed it, or --accept-all to trust it on first use".into()
                 }
+                Error::InvalidCertificate(CertificateError::BadSignature) => {
+                    "the server certificate's signature does not verify against the trusted CA (another CA of the same name?): pass --ca FILE with the CA that signed it".into()
+                }
                 Error::InvalidCertificate(
                     CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
                 ) => "hostname mismatch: the server certificate is not valid for the host in the URL; connect with a name it lists (e.g. localhost), or --pin its fingerprint".into(),

@@ -580,3 +580,156 @@ fn every_shipped_config_loads() {
         }
     }
 }
+
+// ------------------------------------------------- gen-certs, wss, SIGHUP reload
+
+fn client_bin(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wssgate-client"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// `gen-certs` output serves mutual TLS as is; a SIGHUP makes new handshakes
+/// use replaced files (the poll interval is an hour, so only the signal can).
+#[tokio::test]
+async fn gen_certs_output_serves_mutual_tls_and_sighup_reloads() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = dir.path().join("certs");
+    let out_s = out.to_str().unwrap();
+    let generated = run(wssgate(&[
+        "gen-certs",
+        "--out",
+        out_s,
+        "--client",
+        "alice",
+        "--client",
+        "bob",
+    ]))
+    .await;
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let text = stdout(&generated);
+    for file in [
+        "ca.pem",
+        "ca-key.pem",
+        "server.pem",
+        "server-key.pem",
+        "client-alice.pem",
+        "client-bob-key.pem",
+    ] {
+        assert!(
+            text.contains(&format!("wrote {}", out.join(file).display())),
+            "{text}"
+        );
+    }
+    assert!(text.contains("CA fingerprint: sha256:"), "{text}");
+    assert!(
+        text.contains("wssgate-client -- wss://localhost:8443/ --name alice"),
+        "{text}"
+    );
+    let again = run(wssgate(&["gen-certs", "--out", out_s])).await;
+    assert!(
+        stdout(&again).contains("kept  "),
+        "never overwritten without --force"
+    );
+
+    let f = |name: &str| out.join(name).display().to_string();
+    let config = format!(
+        "[[listener]]\nname = \"wss\"\nbind = \"127.0.0.1:0\"\nmode = \"secure\"\ncert = {:?}\nkey = {:?}\n\
+         client_auth = \"required\"\nclient_ca = {:?}\nidentity = \"certificate\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n\n[tls]\nreload_interval = \"1h\"\n",
+        f("server.pem"),
+        f("server-key.pem"),
+        f("ca.pem")
+    );
+    let mut gw = Served::start(&config).await;
+    let url = format!("wss://localhost:{}/", gw.listeners[0].1.port());
+    let (ca, bob_cert, bob_key) = (f("ca.pem"), f("client-bob.pem"), f("client-bob-key.pem"));
+    let (alice_cert, alice_key) = (f("client-alice.pem"), f("client-alice-key.pem"));
+
+    // bob waits for one frame; alice sends it once bob is connected.
+    let mut bob = client_bin(&[
+        &url, "--name", "bob", "--ca", &ca, "--cert", &bob_cert, "--key", &bob_key, "--json",
+        "--wait", "1",
+    ])
+    .spawn()
+    .unwrap();
+    let mut bob_err = BufReader::new(bob.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, bob_err.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("bob connects");
+        if line.contains("connected") {
+            break;
+        }
+    }
+    let alice = run(client_bin(&[
+        &url,
+        "--name",
+        "alice",
+        "--ca",
+        &ca,
+        "--cert",
+        &alice_cert,
+        "--key",
+        &alice_key,
+        "--send",
+        "over mutual TLS",
+        "--to",
+        "bob",
+    ]))
+    .await;
+    assert!(alice.status.success(), "{}", stderr(&alice));
+    let bob = tokio::time::timeout(WAIT, bob.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(bob.status.success());
+    let frame: serde_json::Value = serde_json::from_str(stdout(&bob).trim()).unwrap();
+    assert_eq!(
+        frame,
+        serde_json::json!({"dst":"bob","msg":"over mutual TLS","src":"alice"})
+    );
+
+    // A new server certificate from another CA, then SIGHUP.
+    let other = dir.path().join("other");
+    let other_s = other.to_str().unwrap();
+    assert!(
+        run(wssgate(&["gen-certs", "--out", other_s]))
+            .await
+            .status
+            .success()
+    );
+    for file in ["server.pem", "server-key.pem"] {
+        std::fs::copy(other.join(file), out.join(file)).unwrap();
+    }
+    gw.signal("-HUP");
+    gw.log_line("certificate reloaded").await;
+    let new_ca = other.join("ca.pem").display().to_string();
+    let send = |ca: String| {
+        let (url, cert, key) = (url.clone(), alice_cert.clone(), alice_key.clone());
+        async move {
+            run(client_bin(&[
+                &url, "--name", "alice", "--ca", &ca, "--cert", &cert, "--key", &key, "--send", "x",
+            ]))
+            .await
+        }
+    };
+    let with_new = send(new_ca).await;
+    assert!(with_new.status.success(), "{}", stderr(&with_new));
+    let with_old = send(ca).await;
+    assert_eq!(with_old.status.code(), Some(2));
+    assert!(
+        stderr(&with_old).contains("unknown issuer"),
+        "{}",
+        stderr(&with_old)
+    );
+    gw.signal("-TERM");
+    assert!(gw.wait().await.success());
+}
