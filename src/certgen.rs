@@ -136,14 +136,24 @@ impl Leaf {
 impl Ca {
     /// A new self-signed CA.
     pub fn generate(common_name: &str, key_type: KeyType) -> Result<Ca, CertGenError> {
+        Ca::new_ca(common_name, key_type, BasicConstraints::Unconstrained, None)
+    }
+
+    /// A CA: self-signed without `parent`, else signed by it.
+    fn new_ca(
+        common_name: &str,
+        key_type: KeyType,
+        constraints: BasicConstraints,
+        parent: Option<&Ca>,
+    ) -> Result<Ca, CertGenError> {
         let failed = |reason| CertGenError::Generate {
-            what: "the CA".into(),
+            what: format!("the CA {common_name:?}"),
             reason,
         };
         let key = key_type.generate().map_err(failed)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.is_ca = IsCa::Ca(constraints);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -152,7 +162,14 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
-        let cert = params.self_signed(&key).map_err(failed)?;
+        let cert = match parent {
+            None => params.self_signed(&key),
+            Some(parent) => {
+                params.use_authority_key_identifier_extension = true;
+                params.signed_by(&key, &parent.issuer)
+            }
+        }
+        .map_err(failed)?;
         let pem = Pem {
             cert: cert.pem(),
             key: key.serialize_pem(),
@@ -243,34 +260,12 @@ impl Ca {
 
     /// An intermediate CA signed by this one (for chains in tests and labs).
     pub fn intermediate(&self, common_name: &str) -> Result<Ca, CertGenError> {
-        let failed = |reason| CertGenError::Generate {
-            what: format!("the intermediate CA {common_name:?}"),
-            reason,
-        };
-        let key = self.key_type.generate().map_err(failed)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = name(common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::days(1);
-        params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
-        let cert = params.signed_by(&key, &self.issuer).map_err(failed)?;
-        let pem = Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            der: cert.der().clone(),
-        };
-        Ok(Ca {
-            issuer: Issuer::new(params, key),
-            pem,
-            key_type: self.key_type,
-        })
+        Ca::new_ca(
+            common_name,
+            self.key_type,
+            BasicConstraints::Constrained(0),
+            Some(self),
+        )
     }
 
     /// The CA certificate's SHA-256 fingerprint.
