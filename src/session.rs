@@ -22,8 +22,9 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 use crate::events::Event;
 use crate::identity::ClientName;
 use crate::metrics::{ErrorKind, RouteKind};
-use crate::protocol::{self, Envelope, Notice, Request};
+use crate::protocol::{self, Envelope, Forward, Notice, Request};
 use crate::router::{CLOSE_REPLACED, CLOSE_SLOW_CONSUMER, Delivery, Router, SessionHandle};
+use serde_json::value::RawValue;
 
 /// Frames written per flush at most, so one busy queue cannot starve reading.
 const MAX_BATCH: usize = 64;
@@ -295,8 +296,7 @@ fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, te
         Request::Private(mut envelope) => {
             let name = sender_name(router, handle, &envelope);
             let dst = std::mem::take(&mut envelope.dst);
-            let delivery =
-                router.send_to_name(&dst, || Message::text(envelope.forward(name.as_str())));
+            let delivery = router.send_to_name(&dst, || forward(&envelope, &name, &text));
             let failure = match delivery {
                 Delivery { targets: 0, .. } => {
                     Some((ErrorKind::unknown_recipient, "recipient not connected"))
@@ -311,21 +311,15 @@ fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, te
                 None => {
                     counters.private.inc();
                 }
-                Some((kind, why)) => reject(
-                    router,
-                    handle,
-                    kind,
-                    &format!("{why}: {dst}"),
-                    envelope.id.as_ref(),
-                ),
+                Some((kind, why)) => {
+                    reject(router, handle, kind, &format!("{why}: {dst}"), envelope.id)
+                }
             };
         }
         Request::Room(mut envelope) => {
             let name = sender_name(router, handle, &envelope);
             let room = std::mem::take(&mut envelope.dst);
-            let delivery = router.send_to_room(handle, &room, || {
-                Message::text(envelope.forward(name.as_str()))
-            });
+            let delivery = router.send_to_room(handle, &room, || forward(&envelope, &name, &text));
             match delivery {
                 Ok(_) => {
                     counters.room.inc();
@@ -335,7 +329,7 @@ fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, te
                     handle,
                     ErrorKind::invalid_request,
                     &e.to_string(),
-                    envelope.id.as_ref(),
+                    envelope.id,
                 ),
             };
         }
@@ -346,7 +340,7 @@ fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, te
                     handle,
                     ErrorKind::invalid_request,
                     &e.to_string(),
-                    id.as_ref(),
+                    id,
                 );
             }
         }
@@ -354,17 +348,11 @@ fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, te
         Request::List { room, id } => {
             let names = router.names(room.as_deref());
             let me = handle.name();
-            let notice = Notice::list(me.as_str(), &names, room.as_deref(), id.as_ref());
+            let notice = Notice::list(me.as_str(), &names, room.as_deref(), id);
             router.reply(handle, Message::text(notice.to_json()));
         }
         Request::Invalid { reason, id } => {
-            reject(
-                router,
-                handle,
-                ErrorKind::invalid_request,
-                &reason,
-                id.as_ref(),
-            );
+            reject(router, handle, ErrorKind::invalid_request, &reason, id);
         }
         Request::ToServer => {
             counters.to_server.inc();
@@ -377,6 +365,14 @@ fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, te
                 text: &text,
             });
         }
+    }
+}
+
+/// The frame receivers get: the client's own frame when its `src` is right.
+fn forward(envelope: &Envelope<'_>, name: &ClientName, text: &Utf8Bytes) -> Message {
+    match envelope.forward(name.as_str()) {
+        Forward::Unchanged => Message::Text(text.clone()),
+        Forward::Rewritten(frame) => Message::text(frame),
     }
 }
 
@@ -409,7 +405,7 @@ fn reject(
     handle: &SessionHandle,
     kind: ErrorKind,
     msg: &str,
-    reference: Option<&serde_json::Value>,
+    reference: Option<&RawValue>,
 ) {
     router.metrics().error(kind);
     let name = handle.name();

@@ -1,0 +1,115 @@
+//! Micro-benchmarks of the per-message path without sockets: classifying a
+//! client frame, rewriting `src`, and routing through the router to bounded
+//! queues (private, room fan-out). `cargo bench --bench routing`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use wssgate::config::DuplicatePolicy;
+use wssgate::events::Events;
+use wssgate::identity::claim;
+use wssgate::metrics::Metrics;
+use wssgate::protocol::{Request, classify};
+use wssgate::router::{ClientInfo, Router, RouterConfig, SessionHandle};
+
+const PRIVATE: &str =
+    r#"{"src":"C1","dst":"C2","msg":"hello, this is an eighty byte chat message.."}"#;
+
+fn router() -> Router {
+    Router::new(
+        RouterConfig {
+            on_duplicate: DuplicatePolicy::Reject,
+            presence: false,
+            max_rooms_per_session: 64,
+        },
+        Arc::new(Metrics::new()),
+        Events::new(),
+    )
+}
+
+fn session(r: &Router, name: &str, queue: usize) -> (Arc<SessionHandle>, mpsc::Receiver<Message>) {
+    let (tx, rx) = mpsc::channel(queue);
+    let info = ClientInfo {
+        remote: "127.0.0.1:1".parse().unwrap(),
+        listener: "ws".into(),
+        tls: false,
+        connected_at: SystemTime::now(),
+    };
+    let handle = r
+        .admit(
+            claim(None, Some(name.as_bytes())).unwrap(),
+            info,
+            tx,
+            CancellationToken::new(),
+        )
+        .unwrap();
+    (handle, rx)
+}
+
+fn classification(c: &mut Criterion) {
+    let mut g = c.benchmark_group("classify");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("plain text", |b| {
+        b.iter(|| classify(black_box("hello server, plain text")))
+    });
+    g.bench_function("private json", |b| b.iter(|| classify(black_box(PRIVATE))));
+    g.bench_function("private json + forward", |b| {
+        b.iter(|| match classify(black_box(PRIVATE)) {
+            Request::Private(e) => e.forward("C9"),
+            _ => unreachable!(),
+        })
+    });
+    g.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let r = router();
+    let mut receivers = Vec::new();
+    for i in 0..100 {
+        receivers.push(session(&r, &format!("c{i}"), 1 << 20));
+    }
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("private to one of 100", |b| {
+        b.iter_batched(
+            || (),
+            |()| r.send_to_name(black_box("c42"), || Message::text(PRIVATE)),
+            BatchSize::SmallInput,
+        );
+        // Keep the queue from filling: drain what was routed.
+        while receivers[42].1.try_recv().is_ok() {}
+    });
+    g.finish();
+
+    let r = router();
+    let members: Vec<_> = (0..1000)
+        .map(|i| session(&r, &format!("m{i}"), 1 << 16))
+        .collect();
+    for (h, _) in &members {
+        r.join(h, "#room").unwrap();
+    }
+    let mut g = c.benchmark_group("room");
+    g.throughput(Throughput::Elements(999));
+    let sender = members[0].0.clone();
+    let mut members = members;
+    g.bench_function("fan-out to 999", |b| {
+        b.iter(|| {
+            let d = r
+                .send_to_room(&sender, black_box("#room"), || Message::text(PRIVATE))
+                .unwrap();
+            for (_, rx) in members.iter_mut().skip(1) {
+                let _ = rx.try_recv();
+            }
+            d
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, classification, routing);
+criterion_main!(benches);
