@@ -610,7 +610,14 @@ where
     };
     let claimed = identity::claim(upgrade.query.as_deref(), name_origin);
     let claim = match ctx.config.identity {
-        IdentitySource::Claimed => claimed.map_err(|e| Refusal::new(400, e.to_string())),
+        IdentitySource::Claimed => claimed.map_err(|e| match e {
+            // The usual hint ("send an Origin header") is wrong here.
+            identity::NameError::Missing if !origins.is_empty() => Refusal::new(
+                400,
+                "missing name: add ?name= to the URL (on this listener Origin is checked against allowed_origins, never a name)",
+            ),
+            e => Refusal::new(400, e.to_string()),
+        }),
         IdentitySource::Certificate => certificate_claim(cert, claimed),
     };
     match claim {

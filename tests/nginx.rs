@@ -1,0 +1,502 @@
+//! The shipped deployment files with a real nginx (Debian's `nginx` and
+//! `libnginx-mod-stream`): the nginx configs under `config/` are read, their
+//! well-known values (port 443, certificate paths, upstream addresses)
+//! replaced by loopback ports and temp files, and nginx runs them in a temp
+//! prefix; the gateway runs `config/gateway-behind-nginx.toml` the same way.
+//! If a shipped file changes so that a value is no longer found, the test
+//! fails and says which.
+//!
+//! - TLS termination: clients speak wss to nginx, which proxies /chat to the
+//!   ws listener; private messages route, and `/clients` shows the address
+//!   nginx saw, not nginx's connection, and not what a client forged.
+//! - TLS passthrough: nginx `stream` with `proxy_protocol on` in front of the
+//!   wss listener; the handshake completes end to end with the dev CA and
+//!   `/clients` shows the client's own socket address from the PROXY header.
+//!
+//! Without nginx these tests print that they are skipped; with `CI=true`
+//! they fail instead (`.ci/run` installs nginx).
+
+mod common;
+#[path = "common/proxied.rs"]
+mod proxied;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::*;
+use proxied::*;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, ChildStderr, Command};
+use wssgate::client::{ClientStream, ConnectOptions, connect};
+use wssgate::tls::{ClientTls, ServerTrust};
+
+/// Where the shipped files are.
+fn shipped(name: &str) -> (PathBuf, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (path, text)
+}
+
+/// `text` with each `from` replaced by its `to`; every `from` must occur
+/// exactly once, so that a changed shipped file fails here, not silently.
+fn substitute(file: &Path, text: &str, pairs: &[(&str, String)]) -> String {
+    let mut out = text.to_owned();
+    for (from, to) in pairs {
+        let count = out.matches(from).count();
+        assert_eq!(
+            count,
+            1,
+            "{} should contain `{from}` exactly once (found {count}): tests/nginx.rs derives its \
+             test config from that file; update both together",
+            file.display()
+        );
+        out = out.replace(from, to);
+    }
+    out
+}
+
+/// The client's own address: not nginx's 127.0.0.1.
+const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+// ------------------------------------------------------------------ nginx
+
+/// The nginx binary, or `None` (skip) when it is not installed; panics in CI.
+fn nginx_binary() -> Option<PathBuf> {
+    let found = std::iter::once(PathBuf::from("/usr/sbin/nginx"))
+        .chain(
+            std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths)
+                .map(|dir| dir.join("nginx")),
+        )
+        .find(|p| p.is_file());
+    if found.is_none() {
+        skip("nginx is not installed (Debian: apt-get install nginx libnginx-mod-stream)");
+    }
+    found
+}
+
+/// Skips a test outside CI; fails it in CI.
+fn skip(why: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{why}; CI needs it (.ci/run installs it)"
+    );
+    eprintln!("skipping: {why}");
+}
+
+/// The `load_module` line the stream module needs: empty when it is built
+/// in, `None` (skip) when it is missing. Debian builds it as a dynamic
+/// module, packaged as libnginx-mod-stream.
+fn stream_module(nginx: &Path) -> Option<String> {
+    let out = std::process::Command::new(nginx)
+        .arg("-V")
+        .output()
+        .expect("nginx -V runs");
+    let version = String::from_utf8_lossy(&out.stderr).into_owned();
+    let flags: Vec<&str> = version.split_whitespace().collect();
+    if flags.contains(&"--with-stream") {
+        return Some(String::new());
+    }
+    if flags.contains(&"--with-stream=dynamic") {
+        let dir = flags
+            .iter()
+            .find_map(|f| f.strip_prefix("--modules-path="))
+            .unwrap_or("/usr/lib/nginx/modules");
+        let module = Path::new(dir).join("ngx_stream_module.so");
+        if module.is_file() {
+            return Some(format!("load_module {};\n", module.display()));
+        }
+        skip(&format!(
+            "{} is missing (Debian: apt-get install libnginx-mod-stream)",
+            module.display()
+        ));
+        return None;
+    }
+    skip("this nginx has no stream module");
+    None
+}
+
+/// A running nginx in single-process mode; killed on drop.
+struct Nginx {
+    /// Where it listens.
+    addr: SocketAddr,
+    _child: Child,
+}
+
+/// The notice nginx logs last at start-up (`ngx_os_status`), after its
+/// listening sockets are open: from then on connections are accepted.
+const READY: &str = "getrlimit(RLIMIT_NOFILE)";
+
+impl Nginx {
+    /// Starts nginx in `dir` with the config `conf(port)` on a free
+    /// loopback port, and waits for its start-up notice. A port taken
+    /// between choosing and binding it is retried with another.
+    async fn start(binary: &Path, dir: &Path, conf: impl Fn(u16) -> String) -> Nginx {
+        for _attempt in 0..5 {
+            let port = free_port();
+            let file = dir.join("nginx.conf");
+            std::fs::write(&file, conf(port)).unwrap();
+            let mut child = Command::new(binary)
+                .arg("-e")
+                .arg("stderr")
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&file)
+                .args(["-g", "daemon off; master_process off;"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("nginx starts");
+            let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+            let mut seen = Vec::new();
+            let ready = loop {
+                let line = tokio::time::timeout(WAIT, stderr.next_line())
+                    .await
+                    .unwrap_or_else(|_| panic!("nginx start-up notice in time; so far: {seen:#?}"))
+                    .expect("read nginx stderr");
+                match line {
+                    Some(line) if line.contains(READY) => break true,
+                    Some(line) => seen.push(line),
+                    None => break false,
+                }
+            };
+            if ready {
+                tokio::spawn(echo(stderr));
+                return Nginx {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    _child: child,
+                };
+            }
+            let status = child.wait().await.expect("nginx exit status");
+            if seen.iter().any(|l| l.contains("Address already in use")) {
+                eprintln!("nginx: port {port} was taken; trying another");
+                continue;
+            }
+            panic!(
+                "nginx exited ({status}) before it was ready:\n{}",
+                seen.join("\n")
+            );
+        }
+        panic!("nginx found no free port in 5 attempts");
+    }
+}
+
+/// Shows nginx's later log lines with the test's output.
+async fn echo(mut lines: tokio::io::Lines<BufReader<ChildStderr>>) {
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("nginx: {line}");
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Main-context lines of every generated nginx config: everything under
+/// the temp prefix, the log on stderr (where `Nginx::start` reads it).
+fn main_context(dir: &Path, load_module: &str) -> String {
+    let d = dir.display();
+    format!(
+        "{load_module}pid {d}/nginx.pid;\nerror_log stderr notice;\nevents {{ worker_connections 256; }}\n\n"
+    )
+}
+
+// ---------------------------------------------------------------- gateway
+
+/// The gateway of `config/gateway-behind-nginx.toml`, on port 0, with its
+/// `dev_certs` made in `dir/certs` (the dev CA is `dir/certs/ca.pem`).
+async fn gateway(dir: &Path) -> Gateway {
+    let (file, text) = shipped("gateway-behind-nginx.toml");
+    let certs = dir.join("certs");
+    let text = substitute(
+        &file,
+        &text,
+        &[
+            ("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"".into()),
+            ("bind = \"127.0.0.1:8443\"", "bind = \"127.0.0.1:0\"".into()),
+            ("bind = \"127.0.0.1:9090\"", "bind = \"127.0.0.1:0\"".into()),
+            (
+                "cert = \"certs/server.pem\"",
+                format!("cert = {:?}", certs.join("server.pem")),
+            ),
+            (
+                "key = \"certs/server-key.pem\"",
+                format!("key = {:?}", certs.join("server-key.pem")),
+            ),
+        ],
+    );
+    let gw = start_config(&text).await;
+    assert!(certs.join("ca.pem").is_file(), "dev_certs made a CA");
+    gw
+}
+
+fn listener(gw: &Gateway, name: &str) -> SocketAddr {
+    gw.listeners
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("listener {name:?} in the shipped config"))
+        .1
+}
+
+/// A client through the library (name in `Origin`, as the Qt example and
+/// `wssgate-client` do), trusting only the dev CA.
+async fn library_client(url: String, name: &str, ca: &Path, dir: &Path) -> ClientStream {
+    let opts = ConnectOptions {
+        url,
+        name: name.to_owned(),
+        tls: ClientTls {
+            trust: ServerTrust::Ca(ca.to_owned()),
+            identity: None,
+        },
+        known_hosts: dir.join("known_hosts"),
+    };
+    let (ws, _) = tokio::time::timeout(WAIT, connect(&opts))
+        .await
+        .expect("connect in time")
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    ws
+}
+
+// ------------------------------------------------------------------ tests
+
+#[tokio::test]
+async fn nginx_terminates_tls_and_the_gateway_sees_the_client_address() {
+    let Some(binary) = nginx_binary() else { return };
+    let dir = TempDir::new().unwrap();
+    let gw = gateway(dir.path()).await;
+    let ws_addr = listener(&gw, "ws");
+    let ca = dir.path().join("certs").join("ca.pem");
+
+    let (file, site) = shipped("nginx-tls-termination.conf");
+    let d = dir.path().to_owned();
+    let nginx = Nginx::start(&binary, &d, |port| {
+        let site = substitute(
+            &file,
+            &site,
+            &[
+                ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
+                ("listen [::]:443 ssl;", String::new()),
+                (
+                    "/etc/letsencrypt/live/chat.example.com/fullchain.pem",
+                    d.join("certs/server.pem").display().to_string(),
+                ),
+                (
+                    "/etc/letsencrypt/live/chat.example.com/privkey.pem",
+                    d.join("certs/server-key.pem").display().to_string(),
+                ),
+                ("server 127.0.0.1:8080;", format!("server {ws_addr};")),
+            ],
+        );
+        let t = d.display();
+        format!(
+            "{}http {{\n    access_log off;\n    client_body_temp_path {t}/client_body;\n    \
+             proxy_temp_path {t}/proxy;\n    fastcgi_temp_path {t}/fastcgi;\n    \
+             uwsgi_temp_path {t}/uwsgi;\n    scgi_temp_path {t}/scgi;\n\n{site}\n}}\n",
+            main_context(&d, "")
+        )
+    })
+    .await;
+    let base = format!("wss://localhost:{}", nginx.addr.port());
+
+    // Two clients of the library, wss to nginx, ws from nginx to the gateway.
+    let mut alice = library_client(format!("{base}/chat"), "alice", &ca, dir.path()).await;
+    let mut bob = library_client(format!("{base}/chat/room"), "bob", &ca, dir.path()).await;
+    deliver_to(&mut alice, "alice", &mut bob, "bob").await;
+    deliver_to(&mut bob, "bob", &mut alice, "alice").await;
+
+    // A client from 127.0.0.2 that forges every forwarding header.
+    let tcp = tcp_from(CLIENT_IP, nginx.addr).await;
+    let tls = tls_over(tcp, &ca).await;
+    let mut carol = upgrade(
+        tls,
+        &format!("{base}/chat?name=carol"),
+        &[
+            ("X-Forwarded-For", "203.0.113.66"),
+            ("X-Real-IP", "203.0.113.67"),
+            ("Forwarded", "for=203.0.113.68"),
+        ],
+    )
+    .await
+    .expect("carol through nginx");
+    assert_eq!(list_names(&mut carol).await, ["alice", "bob", "carol"]);
+
+    // The gateway saw what nginx saw: 127.0.0.1 for the library's clients
+    // and 127.0.0.2 for carol (X-Forwarded-For carries no port, hence 0),
+    // not nginx's own connection (127.0.0.1 with a real port), and none of
+    // carol's forged addresses.
+    let seen = clients(&gw).await;
+    let row = |remote: &str| (remote.to_owned(), "ws".to_owned(), false);
+    assert_eq!(seen["alice"], row("127.0.0.1:0"), "{seen:?}");
+    assert_eq!(seen["bob"], row("127.0.0.1:0"), "{seen:?}");
+    assert_eq!(seen["carol"], row("127.0.0.2:0"), "{seen:?}");
+    deliver_to(&mut carol, "carol", &mut alice, "alice").await;
+
+    // Plain HTTPS through nginx gets the gateway's own answers.
+    let https =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let tls = tls_over(TcpStream::connect(nginx.addr).await.unwrap(), &ca).await;
+    assert_eq!(
+        http_over(tls, &https("/chat")).await,
+        (
+            426,
+            "this is a WebSocket endpoint: connect with a WebSocket client\n".to_owned()
+        )
+    );
+    let tls = tls_over(TcpStream::connect(nginx.addr).await.unwrap(), &ca).await;
+    assert_eq!(
+        http_over(tls, &https("/healthz")).await,
+        (200, "ok\n".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn nginx_passes_tls_through_with_a_proxy_protocol_header() {
+    let Some(binary) = nginx_binary() else { return };
+    let Some(load_module) = stream_module(&binary) else {
+        return;
+    };
+    let dir = TempDir::new().unwrap();
+    let gw = gateway(dir.path()).await;
+    let wss_addr = listener(&gw, "wss");
+    let ca = dir.path().join("certs").join("ca.pem");
+
+    let (file, stream) = shipped("nginx-stream-passthrough.conf");
+    let d = dir.path().to_owned();
+    let nginx = Nginx::start(&binary, &d, |port| {
+        let stream = substitute(
+            &file,
+            &stream,
+            &[
+                ("listen 443;", format!("listen 127.0.0.1:{port};")),
+                ("listen [::]:443;", String::new()),
+                ("server 127.0.0.1:8443;", format!("server {wss_addr};")),
+            ],
+        );
+        format!("{}{stream}", main_context(&d, &load_module))
+    })
+    .await;
+    let url = format!("wss://localhost:{}/", nginx.addr.port());
+
+    // dave: from 127.0.0.2, TLS end to end with the gateway (nginx sees only
+    // bytes), with a forged X-Forwarded-For that nobody may believe.
+    let tcp = tcp_from(CLIENT_IP, nginx.addr).await;
+    let dave_addr = tcp.local_addr().unwrap();
+    let tls = tls_over(tcp, &ca).await;
+    let mut dave = upgrade(
+        tls,
+        &format!("{url}?name=dave"),
+        &[("X-Forwarded-For", "203.0.113.99")],
+    )
+    .await
+    .expect("dave through nginx stream");
+    // erin: the library's client with the dev CA, from 127.0.0.1.
+    let mut erin = library_client(url.clone(), "erin", &ca, dir.path()).await;
+    deliver_to(&mut dave, "dave", &mut erin, "erin").await;
+    deliver_to(&mut erin, "erin", &mut dave, "dave").await;
+
+    // The PROXY header carried dave's socket address, port included; nginx's
+    // own connection to the gateway comes from 127.0.0.1 with another port.
+    let seen = clients(&gw).await;
+    assert_eq!(
+        seen["dave"],
+        (dave_addr.to_string(), "wss".to_owned(), true),
+        "{seen:?}"
+    );
+    let (erin_remote, erin_listener, erin_tls) = &seen["erin"];
+    let erin_remote: SocketAddr = erin_remote.parse().unwrap();
+    assert_eq!(erin_remote.ip(), IpAddr::from([127, 0, 0, 1]));
+    assert_ne!(erin_remote.port(), 0, "a PROXY header has the port");
+    assert_eq!((erin_listener.as_str(), *erin_tls), ("wss", true));
+
+    // Straight to the gateway, bypassing nginx: no PROXY header, no session.
+    let refused = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        wssgate::tls::client_config(
+            &ClientTls {
+                trust: ServerTrust::Ca(ca.clone()),
+                identity: None,
+            },
+            Default::default(),
+        )
+        .unwrap(),
+    ))
+    .connect(
+        "localhost".try_into().unwrap(),
+        TcpStream::connect(wss_addr).await.unwrap(),
+    );
+    assert!(
+        tokio::time::timeout(WAIT, refused)
+            .await
+            .expect("refused in time")
+            .is_err()
+    );
+    assert_eq!(clients(&gw).await.len(), 2);
+}
+
+// ----------------------------------------------------------- systemd unit
+
+#[test]
+fn the_systemd_unit_runs_unprivileged_with_the_shipped_paths() {
+    let (file, unit) = shipped("wssgate.service");
+    let values = |key: &str| -> Vec<&str> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .collect()
+    };
+    let one = |key: &str| -> &str {
+        match values(key)[..] {
+            [v] => v,
+            ref other => panic!("{}: {key}= {other:?}", file.display()),
+        }
+    };
+    assert_eq!(
+        one("ExecStart"),
+        "/usr/local/bin/wssgate serve --config /etc/wssgate/gateway.toml"
+    );
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(one("User"), "wssgate");
+    assert_eq!(one("AmbientCapabilities"), "CAP_NET_BIND_SERVICE");
+    assert_eq!(one("CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE");
+    assert_eq!(one("NoNewPrivileges"), "yes");
+    assert_eq!(one("ProtectSystem"), "strict");
+    // Relative paths in the config (certs/...) land in the state directory,
+    // the one place ProtectSystem=strict leaves writable.
+    assert_eq!(one("StateDirectory"), "wssgate");
+    assert_eq!(one("WorkingDirectory"), "/var/lib/wssgate");
+
+    // systemd's own check, where systemd is installed.
+    let Ok(version) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("systemd-analyze not installed: only the keys were checked");
+        return;
+    };
+    assert!(version.status.success());
+    let dir = TempDir::new().unwrap();
+    let copy = dir.path().join("wssgate.service");
+    let bin = env!("CARGO_BIN_EXE_wssgate");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/wssgate", bin)).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze verify runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("wssgate.service"),
+        "systemd-analyze verify: {stderr}"
+    );
+}
