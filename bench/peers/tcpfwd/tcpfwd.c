@@ -6,7 +6,8 @@
  *                [--in-flight K] [--payload P] [--json]
  *
  * serve: a single-threaded epoll relay with no WebSocket and no routing. It
- * pairs accepted connections in accept order (1st with 2nd, 3rd with 4th, ...)
+ * pairs accepted connections in accept order (1st with 2nd, 3rd with 4th, ...;
+ * one that closes while it waits for a partner is dropped)
  * and copies bytes from each to its partner: one read() of up to 64 KiB, one
  * write() of what was read (TCP_NODELAY; a partial write parks the rest and
  * stops reading that side until the partner drains). Closing either side
@@ -191,8 +192,14 @@ static int serve(int argc, char **argv)
                     }
                     nodelay(c);
                     if (waiting < 0) {
-                        waiting = c; /* not registered until it has a partner */
+                        /* Until it has a partner, only its close is watched
+                         * (a port probe that connects and leaves must not be
+                         * paired with the next client); what it sends waits
+                         * in the socket. */
+                        waiting = c;
                         rl[c].peer = -1;
+                        struct epoll_event ev = {.events = EPOLLRDHUP, .data.fd = c};
+                        epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
                         continue;
                     }
                     int w = waiting;
@@ -203,13 +210,19 @@ static int serve(int argc, char **argv)
                     ev.data.fd = c;
                     epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
                     ev.data.fd = w;
-                    epoll_ctl(ep, EPOLL_CTL_ADD, w, &ev);
+                    epoll_ctl(ep, EPOLL_CTL_MOD, w, &ev);
                     rl[c].events = rl[w].events = EPOLLIN;
                 }
                 continue;
             }
-            if (rl[fd].peer < 0)
-                continue; /* closed earlier in this batch */
+            if (rl[fd].peer < 0) {
+                if (fd == waiting && (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+                    /* left before it had a partner */
+                    close(fd);
+                    waiting = -1;
+                }
+                continue; /* or closed earlier in this batch */
+            }
             int peer = rl[fd].peer;
             uint32_t e = evs[i].events;
             if (e & EPOLLOUT) { /* the peer's parked bytes can go to fd now */
