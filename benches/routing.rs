@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use wssgate::config::DuplicatePolicy;
 use wssgate::events::Events;
 use wssgate::identity::claim;
 use wssgate::metrics::Metrics;
+use wssgate::outbox::Outbox;
 use wssgate::protocol::{Request, classify};
 use wssgate::router::{ClientInfo, Router, RouterConfig, SessionHandle};
 
@@ -32,8 +32,9 @@ fn router() -> Router {
     )
 }
 
-fn session(r: &Router, name: &str, queue: usize) -> (Arc<SessionHandle>, mpsc::Receiver<Message>) {
-    let (tx, rx) = mpsc::channel(queue);
+fn session(r: &Router, name: &str, queue: usize) -> (Arc<SessionHandle>, Arc<Outbox>) {
+    let rx = Arc::new(Outbox::new(queue));
+    let tx = rx.clone();
     let info = ClientInfo {
         remote: "127.0.0.1:1".parse().unwrap(),
         listener: "ws".into(),
@@ -82,7 +83,7 @@ fn routing(c: &mut Criterion) {
             BatchSize::SmallInput,
         );
         // Keep the queue from filling: drain what was routed.
-        while receivers[42].1.try_recv().is_ok() {}
+        while receivers[42].1.try_pop().is_some() {}
     });
     g.finish();
 
@@ -103,7 +104,7 @@ fn routing(c: &mut Criterion) {
                 .send_to_room(&sender, black_box("#room"), || Message::text(PRIVATE))
                 .unwrap();
             for (_, rx) in members.iter_mut().skip(1) {
-                let _ = rx.try_recv();
+                let _ = rx.try_pop();
             }
             d
         })

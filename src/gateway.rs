@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -30,6 +30,7 @@ use crate::handshake::{self, Head, Refusal};
 use crate::identity::{self, Claim, ClientName};
 use crate::metrics::{ErrorKind, ListenerMetrics, Metrics};
 use crate::modes::{IdentitySource, Mode};
+use crate::outbox::Outbox;
 use crate::proxy::{self, Prefixed};
 use crate::router::{AdmitError, ClientInfo, Router, RouterConfig};
 use crate::session::{self, SessionTimers};
@@ -499,7 +500,8 @@ async fn connection<S>(
         refuse(shared, &mut stream, &refusal).await;
         return;
     };
-    let (tx, rx) = mpsc::channel(shared.limits.outbound_queue.get());
+    let rx = Arc::new(Outbox::new(shared.limits.outbound_queue.get()));
+    let tx = rx.clone();
     let info = ClientInfo {
         remote,
         listener: ctx.name.clone(),

@@ -15,6 +15,7 @@
 //! - [`identity`]: client names from `?name=` or `Origin`, the Qt name rules.
 //! - [`session`]: one connection's task: read, route, batch-write, ping, close.
 //! - [`protocol`]: what a client frame means; the gateway's notices (pure).
+//! - [`outbox`]: a session's bounded outbound queue (no allocation while idle).
 //! - [`router`]: the origin-keyed routing core: names, rooms, policies (no sockets).
 //! - [`events`]: operator events fanned out to `GET /events`.
 //! - [`metrics`]: Prometheus metrics.
@@ -40,6 +41,7 @@ pub mod identity;
 pub mod metrics;
 pub mod modes;
 pub mod operator;
+pub mod outbox;
 pub mod protocol;
 pub mod proxy;
 pub mod router;

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
+use crate::outbox::{Outbox, PushError};
 use indexmap::IndexMap;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,7 @@ pub struct SessionHandle {
     id: u64,
     name: Mutex<ClientName>,
     provisional: AtomicBool,
-    tx: mpsc::Sender<Message>,
+    outbox: Arc<Outbox>,
     close: CancellationToken,
     close_code: AtomicU16,
     /// Operator-facing facts.
@@ -121,9 +121,9 @@ impl SessionHandle {
     /// Queues a frame without waiting. A full queue closes the session as a
     /// slow consumer. Returns true when the frame was queued.
     fn deliver(&self, frame: Message, router: &Router) -> bool {
-        match self.tx.try_send(frame) {
+        match self.outbox.push(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 router.metrics.queue_drop();
                 if self.close_with(CLOSE_SLOW_CONSUMER) {
                     router.metrics.error(ErrorKind::slow_consumer);
@@ -137,7 +137,7 @@ impl SessionHandle {
                 }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(PushError::Closed) => false,
         }
     }
 }
@@ -200,14 +200,14 @@ impl Router {
         &self,
         claim: Claim,
         info: ClientInfo,
-        tx: mpsc::Sender<Message>,
+        outbox: Arc<Outbox>,
         close: CancellationToken,
     ) -> Result<Arc<SessionHandle>, AdmitError> {
         let handle = Arc::new(SessionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             name: Mutex::new(claim.name.clone()),
             provisional: AtomicBool::new(claim.provisional),
-            tx,
+            outbox,
             close,
             close_code: AtomicU16::new(0),
             info,
@@ -497,13 +497,13 @@ mod tests {
 
     struct Client {
         handle: Arc<SessionHandle>,
-        rx: mpsc::Receiver<Message>,
+        rx: Arc<Outbox>,
     }
 
     impl Client {
         fn texts(&mut self) -> Vec<String> {
             let mut out = Vec::new();
-            while let Ok(m) = self.rx.try_recv() {
+            while let Some(m) = self.rx.try_pop() {
                 out.push(m.into_text().unwrap().to_string());
             }
             out
@@ -523,7 +523,8 @@ mod tests {
     }
 
     fn connect(r: &Router, origin: &str, queue: usize) -> Result<Client, AdmitError> {
-        let (tx, rx) = mpsc::channel(queue);
+        let rx = Arc::new(Outbox::new(queue));
+        let tx = rx.clone();
         let info = ClientInfo {
             remote: "127.0.0.1:1".parse().unwrap(),
             listener: "ws".into(),

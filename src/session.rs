@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::outbox::Outbox;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -59,7 +59,7 @@ enum End {
 pub async fn run<S>(
     mut ws: WebSocketStream<S>,
     handle: Arc<SessionHandle>,
-    mut rx: mpsc::Receiver<Message>,
+    rx: Arc<Outbox>,
     router: Arc<Router>,
     timers: SessionTimers,
     on_end: impl FnOnce(),
@@ -77,8 +77,8 @@ pub async fn run<S>(
         tokio::select! {
             biased;
             () = handle.closed() => break closing_end(handle.close_code()),
-            Some(first) = rx.recv() => {
-                let batch = write_batch(&mut ws, first, &mut rx);
+            Some(first) = rx.pop() => {
+                let batch = write_batch(&mut ws, first, &rx);
                 tokio::select! {
                     result = batch => if let Err(e) = result {
                         break End::Gone(format!("write failed: {e}"));
@@ -130,7 +130,7 @@ pub async fn run<S>(
         End::Closed { code, reason } => format!("closed by gateway: {code} {reason}"),
     };
     if let End::Closed { code, reason } = end {
-        close(&mut ws, &mut rx, code, reason, timers.close_grace).await;
+        close(&mut ws, &rx, code, reason, timers.close_grace).await;
     }
     on_end();
     tracing::info!(client = %name, %remote, %reason, "disconnected");
@@ -164,7 +164,7 @@ fn closing_end(code: u16) -> End {
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     first: Message,
-    rx: &mut mpsc::Receiver<Message>,
+    rx: &Outbox,
 ) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -174,9 +174,9 @@ where
     ws.start_send_unpin(first)?;
     for _ in 1..MAX_BATCH {
         std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
-        match rx.try_recv() {
-            Ok(frame) => ws.start_send_unpin(frame)?,
-            Err(_) => break,
+        match rx.try_pop() {
+            Some(frame) => ws.start_send_unpin(frame)?,
+            None => break,
         }
     }
     ws.flush().await
@@ -186,7 +186,7 @@ where
 /// close reply; all within `grace`.
 async fn close<S>(
     ws: &mut WebSocketStream<S>,
-    rx: &mut mpsc::Receiver<Message>,
+    rx: &Outbox,
     code: u16,
     reason: &'static str,
     grace: Duration,
@@ -207,7 +207,7 @@ async fn close<S>(
     let closing = async {
         if drain {
             rx.close();
-            while let Some(queued) = rx.recv().await {
+            while let Some(queued) = rx.try_pop() {
                 ws.feed(queued).await?;
             }
         }
