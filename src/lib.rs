@@ -17,11 +17,14 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`admin`]: the operator HTTP API.
 //! - [`operator`]: the client of that API behind `wssgate admin`.
+//! - [`bench`](mod@bench): the load generator behind `wssgate-bench` (pairs, fanout,
+//!   idle, connect) for any server that speaks PROTOCOL.md.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bench;
 pub mod certgen;
 pub mod client;
 pub mod config;
