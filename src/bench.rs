@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use options::{Common, Options, Scenario};
-use stats::{NoFile, Snapshot};
+use stats::{CpuTimes, NoFile, Snapshot};
 
 /// Everything a run measured; printed as text, or as one JSON line with `--json`.
 #[derive(Debug, Clone, Serialize)]
@@ -78,14 +78,51 @@ pub enum Figures {
     Connect(connect::ConnectFigures),
 }
 
-/// CPU time of the load generator in the measured window.
+/// CPU time of a process in the measured window.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cpu {
     /// User + system seconds.
     pub cpu_s: f64,
-    /// `cpu_s` over the window: near 1.0 (one core) means the load
-    /// generator may have been the limit.
+    /// User seconds.
+    pub user_s: f64,
+    /// System seconds.
+    pub sys_s: f64,
+    /// `cpu_s` over the window: near 1.0 (one core) means that process
+    /// may have been the limit.
     pub cpu_share: f64,
+    /// Microseconds of CPU per unit of work (message delivered, delivery,
+    /// handshake); absent for `idle`.
+    pub cpu_us_per_unit: Option<f64>,
+}
+
+impl Cpu {
+    fn new(times: CpuTimes, window_s: f64, units: Option<u64>) -> Cpu {
+        let cpu_s = times.total().as_secs_f64();
+        Cpu {
+            cpu_s,
+            user_s: times.user.as_secs_f64(),
+            sys_s: times.sys.as_secs_f64(),
+            cpu_share: cpu_s / window_s,
+            cpu_us_per_unit: units.filter(|&n| n > 0).map(|n| cpu_s * 1e6 / n as f64),
+        }
+    }
+}
+
+impl std::fmt::Display for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} s (user {:.2}, sys {:.2}; {:.0}% of one core)",
+            self.cpu_s,
+            self.user_s,
+            self.sys_s,
+            self.cpu_share * 100.0
+        )?;
+        if let Some(us) = self.cpu_us_per_unit {
+            write!(f, ", {us:.2} us per unit")?;
+        }
+        Ok(())
+    }
 }
 
 /// CPU time of the server process in the measured window.
@@ -93,13 +130,9 @@ pub struct Cpu {
 pub struct ServerCpu {
     /// The server's process id.
     pub pid: u32,
-    /// User + system seconds.
-    pub cpu_s: f64,
-    /// `cpu_s` over the window.
-    pub cpu_share: f64,
-    /// Microseconds of server CPU per unit of work (message delivered,
-    /// delivery, handshake); absent for `idle`.
-    pub cpu_us_per_unit: Option<f64>,
+    /// Its CPU time; absent when `/proc/PID/stat` could not be read.
+    #[serde(flatten)]
+    pub cpu: Option<Cpu>,
 }
 
 /// What a scenario hands back to [`run`].
@@ -245,21 +278,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         .duration_since(start.wall)
         .max(Duration::from_micros(1));
     let window_s = window.as_secs_f64();
-    let load_cpu = end.own_cpu.saturating_sub(start.own_cpu).as_secs_f64();
-    let server = common.pid.map(|pid| {
-        let cpu_s = match (start.server_cpu, end.server_cpu) {
-            (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
-            _ => f64::NAN,
-        };
-        ServerCpu {
-            pid,
-            cpu_s,
-            cpu_share: cpu_s / window_s,
-            cpu_us_per_unit: outcome
-                .units
-                .filter(|&n| n > 0 && cpu_s.is_finite())
-                .map(|n| cpu_s * 1e6 / n as f64),
-        }
+    let server = common.pid.map(|pid| ServerCpu {
+        pid,
+        cpu: start
+            .server_cpu
+            .zip(end.server_cpu)
+            .map(|(a, b)| Cpu::new(b.since(&a), window_s, outcome.units)),
     });
     let first_error = run.first_error();
     Ok(Report {
@@ -272,10 +296,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         figures: outcome.figures,
         errors: run.errors.load(Ordering::Relaxed),
         first_error,
-        load: Cpu {
-            cpu_s: load_cpu,
-            cpu_share: load_cpu / window_s,
-        },
+        load: Cpu::new(end.own_cpu.since(&start.own_cpu), window_s, outcome.units),
         server,
         nofile,
     })
@@ -299,23 +320,11 @@ impl std::fmt::Display for Report {
             Figures::Idle(p) => write!(f, "{p}")?,
             Figures::Connect(p) => write!(f, "{p}")?,
         }
-        writeln!(
-            f,
-            "load generator CPU: {:.2} s ({:.0}% of one core)",
-            self.load.cpu_s,
-            self.load.cpu_share * 100.0
-        )?;
+        writeln!(f, "load generator CPU: {}", self.load)?;
         if let Some(s) = &self.server {
-            write!(
-                f,
-                "server (pid {}) CPU: {:.2} s ({:.0}% of one core)",
-                s.pid,
-                s.cpu_s,
-                s.cpu_share * 100.0
-            )?;
-            match s.cpu_us_per_unit {
-                Some(us) => writeln!(f, ", {us:.2} us per unit")?,
-                None => writeln!(f)?,
+            match &s.cpu {
+                Some(cpu) => writeln!(f, "server (pid {}) CPU: {cpu}", s.pid)?,
+                None => writeln!(f, "server (pid {}) CPU: not readable", s.pid)?,
             }
         }
         writeln!(

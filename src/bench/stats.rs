@@ -70,15 +70,40 @@ impl std::fmt::Display for Latency {
     }
 }
 
+/// User and system CPU time of a process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    /// In user space.
+    pub user: Duration,
+    /// In the kernel (for a load generator on loopback, mostly the TCP
+    /// stack: a loopback write also runs the receiving side).
+    pub sys: Duration,
+}
+
+impl CpuTimes {
+    /// User + system.
+    pub fn total(&self) -> Duration {
+        self.user + self.sys
+    }
+
+    /// The time spent since `earlier`.
+    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(earlier.user),
+            sys: self.sys.saturating_sub(earlier.sys),
+        }
+    }
+}
+
 /// CPU times at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot {
     /// When.
     pub wall: Instant,
-    /// This process, user + system.
-    pub own_cpu: Duration,
-    /// The server (`--pid`), user + system, if readable.
-    pub server_cpu: Option<Duration>,
+    /// This process.
+    pub own_cpu: CpuTimes,
+    /// The server (`--pid`), if readable.
+    pub server_cpu: Option<CpuTimes>,
 }
 
 impl Snapshot {
@@ -92,16 +117,21 @@ impl Snapshot {
     }
 }
 
-/// User + system CPU time of a process (`self` or a pid), from
-/// `/proc/PID/stat` (all its threads, 10 ms resolution).
-pub fn cpu_time(pid: &str) -> Option<Duration> {
+/// CPU time of a process (`self` or a pid), all its threads, from
+/// `/proc/PID/stat` (10 ms resolution).
+pub fn cpu_time(pid: &str) -> Option<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields follow the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut fields = rest.split(' ').skip(11); // field 14 is utime; `rest` starts at 3
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
+    let mut ticks = || -> Option<Duration> {
+        let n: u64 = fields.next()?.parse().ok()?;
+        Some(Duration::from_millis(n * 1000 / USER_HZ))
+    };
+    Some(CpuTimes {
+        user: ticks()?,
+        sys: ticks()?,
+    })
 }
 
 /// Resident set size of a process in bytes (`VmRSS` of `/proc/PID/status`).
@@ -157,7 +187,7 @@ pub(crate) fn progress(run: Arc<Run>, label: Label) -> tokio::task::JoinHandle<(
             tick.tick().await;
             let now = (run.progress.load(Ordering::Relaxed), Snapshot::take(None));
             let secs = now.1.wall.duration_since(last.1.wall).as_secs_f64();
-            let cpu = now.1.own_cpu.saturating_sub(last.1.own_cpu).as_secs_f64() / secs;
+            let cpu = now.1.own_cpu.since(&last.1.own_cpu).total().as_secs_f64() / secs;
             let shown = match label {
                 Label::Rate(name) => format!("{:>10.0} {name}", (now.0 - last.0) as f64 / secs),
                 Label::Level(name) => format!("{:>10} {name}", now.0),
