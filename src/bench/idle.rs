@@ -2,6 +2,10 @@
 //! `--duration`, and reads the server's RSS (`--pid`) before opening and
 //! after the last one opened and settled: the server's bytes per connection,
 //! and how many connections would fit in 24 GiB at that rate.
+//!
+//! Run it against a freshly started server: an allocator keeps memory that
+//! earlier connections freed, so a second run on the same server measures
+//! mostly reuse (near zero per connection).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -65,14 +69,13 @@ impl std::fmt::Display for IdleFigures {
             mib(self.rss_after),
             mib(self.rss_end)
         )?;
-        match (self.bytes_per_conn, self.fit_in_24gib) {
-            (Some(b), Some(n)) => writeln!(
-                f,
-                "per connection: {:.0} bytes ({:.2} KiB); {n} would fit in 24 GiB",
-                b,
-                b / 1024.0
-            ),
-            _ => writeln!(f, "per connection: ? (give the server's --pid)"),
+        match self.bytes_per_conn {
+            Some(b) => write!(f, "per connection: {b:.0} bytes ({:.2} KiB)", b / 1024.0)?,
+            None => write!(f, "per connection: ? (give the server's --pid)")?,
+        }
+        match self.fit_in_24gib {
+            Some(n) => writeln!(f, "; {n} would fit in 24 GiB"),
+            None => writeln!(f),
         }
     }
 }
