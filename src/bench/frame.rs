@@ -202,7 +202,15 @@ fn read_digits(digits: &[u8]) -> Option<u64> {
 /// The timestamp (and sequence number, when `with_seq`) a message carries;
 /// `None` for frames that are not the load generator's messages.
 pub fn find_stamp(payload: &[u8], with_seq: bool) -> Option<(u64, u64)> {
-    let at = payload.windows(2).position(|w| w == MARKER)? + MARKER.len();
+    // A byte scan for '~' (vectorized) beats comparing every 2-byte window.
+    let mut from = 0;
+    let at = loop {
+        let i = from + payload[from..].iter().position(|&b| b == MARKER[0])?;
+        if payload.get(i + 1) == Some(&MARKER[1]) {
+            break i + MARKER.len();
+        }
+        from = i + 1;
+    };
     let ts = read_digits(payload.get(at..at + TS_DIGITS)?)?;
     let seq = if with_seq {
         read_digits(payload.get(at + TS_DIGITS..at + TS_DIGITS + SEQ_DIGITS)?)?
@@ -382,6 +390,14 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         let pretty = serde_json::to_string_pretty(&json).unwrap();
         assert_eq!(find_stamp(pretty.as_bytes(), true), Some((42, 7)));
+    }
+
+    #[test]
+    fn stray_markers_are_skipped() {
+        let text = br#"{"dst":"a~b","msg":"~x~~t0000000000000042 pad"}"#;
+        assert_eq!(find_stamp(text, false), Some((42, 0)));
+        assert_eq!(find_stamp(b"~t12", false), None);
+        assert_eq!(find_stamp(b"no marker~", false), None);
     }
 
     #[test]
