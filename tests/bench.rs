@@ -60,6 +60,7 @@ async fn pairs_delivers_and_orders_latencies() {
         assert_eq!(p.frame_bytes, 80);
         assert_ordered(&p.latency, &report);
         assert_eq!(report.errors, 0, "{report}");
+        assert_eq!(p.in_flight, Some(2));
         let server = report.server.as_ref().expect("--pid given");
         assert!(
             server
@@ -69,6 +70,21 @@ async fn pairs_delivers_and_orders_latencies() {
             "{report}"
         );
     }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn pairs_at_a_fixed_rate() {
+    let gw = common::start("").await;
+    let report = bench(&["pairs", "--url", &gw.url("/"), "-n", "4", "--rate", "400"]).await;
+    let Figures::Pairs(p) = &report.figures else {
+        panic!("{report}")
+    };
+    assert_eq!((p.rate, p.in_flight), (Some(400.0), None));
+    // Open loop: about the asked rate, not whatever the server can take.
+    assert!((300.0..=500.0).contains(&p.msgs_per_s), "{report}");
+    assert_ordered(&p.latency, &report);
+    assert_eq!(report.errors, 0, "{report}");
     gw.stop().await;
 }
 

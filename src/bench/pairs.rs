@@ -3,6 +3,10 @@
 //! measures delivered messages per second and latency (the send time rides
 //! in the message as nanoseconds since the run's epoch).
 //!
+//! With `--rate R` the load is open-loop instead: each connection sends
+//! R/N messages a second on a timer (staggered across connections) whatever
+//! comes back, to read latency at a chosen fraction of a server's maximum.
+//!
 //! The hot path per connection: one read, every complete frame in it
 //! handled (latencies noted in a reused vector), one reply per message
 //! appended to a reused write buffer from the pre-serialized template, then
@@ -31,6 +35,10 @@ use super::{Figures, Outcome, Run};
 const READ_BUFFER: usize = 4 * 1024;
 /// Most messages a connection may keep in flight.
 const MAX_IN_FLIGHT: usize = 10_000;
+/// Highest `--rate` (messages a second in total).
+const MAX_RATE: f64 = 10_000_000.0;
+/// The shortest pacing tick; a faster pace sends several messages a tick.
+const MIN_TICK: Duration = Duration::from_millis(1);
 /// Time the connections get to close politely at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Time the tasks get to return after the stop, before they are aborted.
@@ -41,8 +49,10 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 pub struct PairsFigures {
     /// Connections open.
     pub connections: usize,
-    /// Messages each connection kept in flight.
-    pub in_flight: usize,
+    /// Messages each connection kept in flight (closed loop).
+    pub in_flight: Option<usize>,
+    /// Messages per second sent in total (open loop, `--rate`).
+    pub rate: Option<f64>,
     /// Bytes per client frame.
     pub frame_bytes: usize,
     /// `raw` or `tungstenite`.
@@ -57,10 +67,19 @@ pub struct PairsFigures {
 
 impl std::fmt::Display for PairsFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.in_flight, self.rate) {
+            (_, Some(rate)) => write!(f, "{} connections, {rate} msgs/s sent", self.connections)?,
+            (k, None) => write!(
+                f,
+                "{} connections, {} in flight each",
+                self.connections,
+                k.unwrap_or_default()
+            )?,
+        }
         writeln!(
             f,
-            "{} connections, {} in flight each, {}-byte frames ({} framing)",
-            self.connections, self.in_flight, self.frame_bytes, self.framing
+            ", {}-byte frames ({} framing)",
+            self.frame_bytes, self.framing
         )?;
         writeln!(
             f,
@@ -77,6 +96,9 @@ struct Plan {
     window: (u64, u64),
     shard: Arc<Mutex<Histogram<u64>>>,
     in_flight: usize,
+    /// Open loop: messages a second this connection sends, and its place
+    /// (0..1) in the stagger of first ticks.
+    pace: Option<(f64, f64)>,
 }
 
 /// Runs `pairs`.
@@ -90,6 +112,13 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
         (1..=MAX_IN_FLIGHT).contains(&args.in_flight),
         "-k must be 1..={MAX_IN_FLIGHT}"
     );
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate > 0.0 && rate <= MAX_RATE,
+            "--rate must be above 0 and at most {MAX_RATE}"
+        );
+        anyhow::ensure!(args.framing == Framing::Raw, "--rate needs the raw framing");
+    }
     let templates = (0..n)
         .map(|i| Template::new(&run.name(i ^ 1), args.size, false))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -113,6 +142,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
             window: (start_ns, end_ns),
             shard: shards[i % shards.len()].clone(),
             in_flight: args.in_flight,
+            pace: args.rate.map(|rate| (rate / n as f64, i as f64 / n as f64)),
         };
         let run = run.clone();
         match args.framing {
@@ -143,7 +173,8 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
     let window = last.wall.duration_since(first.wall).as_secs_f64();
     let figures = PairsFigures {
         connections: n,
-        in_flight: args.in_flight,
+        in_flight: args.rate.is_none().then_some(args.in_flight),
+        rate: args.rate,
         frame_bytes,
         framing: match args.framing {
             Framing::Raw => "raw",
@@ -186,8 +217,11 @@ async fn peer_raw(
     let mut out = Vec::with_capacity(template.frame_len() * (plan.in_flight + 1));
     let mut latencies = Vec::with_capacity(plan.in_flight * 2);
     let now = run.now_ns();
-    for _ in 0..plan.in_flight {
-        template.append(&mut out, now, 0, masker.next_key());
+    let mut pacer = plan.pace.map(|(per_s, stagger)| Pacer::new(per_s, stagger));
+    if pacer.is_none() {
+        for _ in 0..plan.in_flight {
+            template.append(&mut out, now, 0, masker.next_key());
+        }
     }
     let clean = loop {
         if !out.is_empty() {
@@ -211,6 +245,13 @@ async fn peer_raw(
             biased;
             _ = run.stop.cancelled() => break true,
             read = reader.fill(&mut stream) => read,
+            due = Pacer::due(&mut pacer) => {
+                let now = run.now_ns();
+                for _ in 0..due {
+                    template.append(&mut out, now, 0, masker.next_key());
+                }
+                continue;
+            }
         };
         match read {
             Ok(0) => return run.error(|| format!("connection {index}: the server closed it")),
@@ -252,8 +293,10 @@ async fn peer_raw(
         }
         reader.compact();
         record(&run, &plan, &mut latencies, got);
-        for _ in 0..got {
-            template.append(&mut out, now, 0, masker.next_key());
+        if pacer.is_none() {
+            for _ in 0..got {
+                template.append(&mut out, now, 0, masker.next_key());
+            }
         }
     };
     if clean {
@@ -352,4 +395,43 @@ async fn peer_tungstenite(
         Ok::<_, tokio_tungstenite::tungstenite::Error>(())
     })
     .await;
+}
+
+/// Open-loop sending for `--rate`: how many messages are due at each tick.
+struct Pacer {
+    tick: tokio::time::Interval,
+    begin: tokio::time::Instant,
+    per_s: f64,
+    sent: u64,
+}
+
+impl Pacer {
+    /// `per_s` messages a second from now; the first tick comes `stagger`
+    /// (0..1) of a period late, so that connections do not send in step.
+    fn new(per_s: f64, stagger: f64) -> Pacer {
+        let period = Duration::from_secs_f64(1.0 / per_s).max(MIN_TICK);
+        let begin = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(begin + period.mul_f64(stagger), period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pacer {
+            tick,
+            begin,
+            per_s,
+            sent: 0,
+        }
+    }
+
+    /// Waits for the next tick and returns the messages due by then (the
+    /// rate holds on average whatever the tick). Without a pacer (closed
+    /// loop) it never returns. Cancel-safe.
+    async fn due(pacer: &mut Option<Pacer>) -> u64 {
+        let Some(p) = pacer else {
+            return std::future::pending().await;
+        };
+        p.tick.tick().await;
+        let due = (p.begin.elapsed().as_secs_f64() * p.per_s) as u64;
+        let n = due.saturating_sub(p.sent);
+        p.sent = p.sent.max(due);
+        n
+    }
 }
