@@ -25,11 +25,14 @@
 //! - [`client`]: connect to ws/wss under a certificate policy, explain failures.
 //! - [`chat`]: the `wssgate-client` session: input lines to frames, received
 //!   frames to lines, scripted sends, reconnects (on top of [`client`]).
+//! - [`bench`](mod@bench): the load generator behind `wssgate-bench` (pairs, fanout,
+//!   idle, connect) for any server that speaks PROTOCOL.md.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod bench;
 pub mod certgen;
 pub mod chat;
 pub mod client;

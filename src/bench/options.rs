@@ -1,0 +1,258 @@
+//! The flags of `wssgate-bench`: one subcommand per scenario, each with the
+//! common flags, and the hard limits that keep every run bounded.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// No run opens more connections than this, whatever the flags say.
+pub const MAX_CONNECTIONS: usize = 100_000;
+/// No warm-up or measured window is longer than this.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// Files this process needs besides its connections (stdio, epoll, /proc reads).
+pub const SPARE_FILES: u64 = 32;
+/// Connections per source address before the next one (127.0.0.2, ...) is
+/// used: below the ~28k ephemeral ports one address has towards one server.
+pub const DEFAULT_PER_SOURCE: usize = 20_000;
+
+/// Load generator for wssgate and any server that speaks its protocol
+/// (names in `Origin`, private JSON `{"src","dst","msg"}`, rooms).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "wssgate-bench", version)]
+pub struct Options {
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The scenarios.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// N connections in N/2 pairs, each keeping K private messages in flight
+    /// to its partner: delivered msgs/s and latency percentiles.
+    Pairs(PairsArgs),
+    /// N room members and one publisher at a fixed rate: deliveries/s and
+    /// the time for one message to reach every member.
+    Fanout(FanoutArgs),
+    /// N connections held open: the server's RSS per connection (`--pid`).
+    Idle(IdleArgs),
+    /// Full handshakes (TCP, TLS with wss, WebSocket upgrade) per second,
+    /// each connection closed after its upgrade.
+    Connect(ConnectArgs),
+}
+
+/// Flags every scenario takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Server URL, ws:// or wss:// (loopback addresses only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/")]
+    pub url: String,
+    /// Length of the measured window (after the warm-up).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Run before the measured window; excluded from every figure.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Runtime worker threads (1: a current-thread runtime, for a load
+    /// generator pinned to one core with taskset).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print one JSON line with every figure instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// The server's process id: its CPU time in the window (all scenarios)
+    /// and its RSS (idle), read from /proc.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Trust only this CA for wss (e.g. certs/ca.pem from `wssgate gen-certs`);
+    /// default: the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS (with --key).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client key for mutual TLS (with --cert).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Client names are PREFIX0, PREFIX1, ...; default: `bench<pid>-`.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Handshakes in flight while the connections are being opened.
+    #[arg(long, default_value_t = 64)]
+    pub open_concurrency: usize,
+    /// Connections per source address; beyond that 127.0.0.2, 127.0.0.3, ...
+    /// are bound before connecting (IPv4 loopback targets only).
+    #[arg(long, default_value_t = DEFAULT_PER_SOURCE)]
+    pub per_source: usize,
+    /// First source address to bind (default: none bound for the first
+    /// --per-source connections, then 127.0.0.2, ...). A second load
+    /// process should start elsewhere, e.g. 127.0.1.1.
+    #[arg(long)]
+    pub source_base: Option<Ipv4Addr>,
+}
+
+/// Flags of `pairs`.
+#[derive(Debug, Clone, Args)]
+pub struct PairsArgs {
+    /// Connections (an even number: N/2 pairs).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub connections: usize,
+    /// Messages each connection keeps in flight to its partner.
+    #[arg(long, short = 'k', default_value_t = 4)]
+    pub in_flight: usize,
+    /// Frame size in bytes, header included (the msg field is padded to it).
+    #[arg(long, default_value_t = 80)]
+    pub size: usize,
+    /// Open loop: send this many messages a second in total (R/N per
+    /// connection, on a timer) instead of keeping -k in flight; for latency
+    /// at a chosen load, e.g. half of a server's maximum.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Framing of the hot path: the hand-rolled one, or tungstenite's
+    /// WebSocketStream with feed + flush (kept to compare the two).
+    #[arg(long, value_enum, default_value = "raw")]
+    pub framing: Framing,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// How `pairs` writes and reads frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Framing {
+    /// Frames built and parsed by hand (the default: leaner).
+    Raw,
+    /// tungstenite's WebSocketStream, one flush per read.
+    Tungstenite,
+}
+
+/// Flags of `fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Room members (the publisher comes on top).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub connections: usize,
+    /// Messages the publisher sends per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Frame size in bytes, header included.
+    #[arg(long, default_value_t = 80)]
+    pub size: usize,
+    /// The room (starts with '#').
+    #[arg(long, default_value = "#bench")]
+    pub room: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// Flags of `idle`.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Connections to open and hold.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub connections: usize,
+    /// Wait after the last connection opened before reading the RSS.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// Flags of `connect`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Handshakes in flight at once.
+    #[arg(long, short = 'c', default_value_t = 8)]
+    pub concurrency: usize,
+    /// Let TLS resume sessions (default: every handshake is a full one).
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+impl Options {
+    /// The common flags of the chosen scenario.
+    pub fn common(&self) -> &Common {
+        match &self.scenario {
+            Scenario::Pairs(a) => &a.common,
+            Scenario::Fanout(a) => &a.common,
+            Scenario::Idle(a) => &a.common,
+            Scenario::Connect(a) => &a.common,
+        }
+    }
+
+    /// Connections open at once at most.
+    pub fn connections(&self) -> usize {
+        match &self.scenario {
+            Scenario::Pairs(a) => a.connections,
+            Scenario::Fanout(a) => a.connections + 1,
+            Scenario::Idle(a) => a.connections,
+            Scenario::Connect(a) => a.concurrency,
+        }
+    }
+
+    /// What the progress line counts.
+    pub(crate) fn progress_label(&self) -> super::stats::Label {
+        use super::stats::Label;
+        match &self.scenario {
+            Scenario::Pairs(_) => Label::Rate("msgs/s"),
+            Scenario::Fanout(_) => Label::Rate("deliveries/s"),
+            Scenario::Idle(_) => Label::Level("open"),
+            Scenario::Connect(_) => Label::Rate("handshakes/s"),
+        }
+    }
+
+    /// TLS session resumption allowed (only `connect --resume`).
+    pub fn resume(&self) -> bool {
+        matches!(&self.scenario, Scenario::Connect(a) if a.resume)
+    }
+}
+
+impl Scenario {
+    /// The scenario's name, as in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Pairs(_) => "pairs",
+            Scenario::Fanout(_) => "fanout",
+            Scenario::Idle(_) => "idle",
+            Scenario::Connect(_) => "connect",
+        }
+    }
+}
+
+impl Common {
+    /// Refuses flags that would make an unbounded or meaningless run.
+    pub fn validate(&self, connections: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(connections > 0, "at least one connection is needed");
+        anyhow::ensure!(
+            connections <= MAX_CONNECTIONS,
+            "{connections} connections is over the cap of {MAX_CONNECTIONS}"
+        );
+        anyhow::ensure!(
+            self.duration > Duration::ZERO && self.duration <= MAX_DURATION,
+            "--duration must be above zero and at most {}",
+            humantime::format_duration(MAX_DURATION)
+        );
+        anyhow::ensure!(
+            self.warmup <= MAX_DURATION,
+            "--warmup must be at most {}",
+            humantime::format_duration(MAX_DURATION)
+        );
+        anyhow::ensure!((1..=64).contains(&self.threads), "--threads must be 1..=64");
+        anyhow::ensure!(
+            self.open_concurrency > 0,
+            "--open-concurrency must be above 0"
+        );
+        anyhow::ensure!(self.per_source > 0, "--per-source must be above 0");
+        Ok(())
+    }
+}

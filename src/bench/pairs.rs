@@ -1,0 +1,437 @@
+//! `pairs`: N connections in N/2 pairs; each keeps K private messages in
+//! flight to its partner (sends K, then one more per message received) and
+//! measures delivered messages per second and latency (the send time rides
+//! in the message as nanoseconds since the run's epoch).
+//!
+//! With `--rate R` the load is open-loop instead: each connection sends
+//! R/N messages a second on a timer (staggered across connections) whatever
+//! comes back, to read latency at a chosen fraction of a server's maximum.
+//!
+//! The hot path per connection: one read, every complete frame in it
+//! handled (latencies noted in a reused vector), one reply per message
+//! appended to a reused write buffer from the pre-serialized template, then
+//! one write and one flush; the latencies go into a histogram shard under
+//! one lock per read, not per message.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::conn::{self, Stream};
+use super::frame::{self, Masker, Reader, Template};
+use super::options::{Framing, PairsArgs};
+use super::stats::{self, Latency};
+use super::{Figures, Outcome, Run};
+
+/// Read buffer per connection: K small frames fit many times over.
+const READ_BUFFER: usize = 4 * 1024;
+/// Most messages a connection may keep in flight.
+const MAX_IN_FLIGHT: usize = 10_000;
+/// Highest `--rate` (messages a second in total).
+const MAX_RATE: f64 = 10_000_000.0;
+/// The shortest pacing tick; a faster pace sends several messages a tick.
+const MIN_TICK: Duration = Duration::from_millis(1);
+/// Time the connections get to close politely at the end.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Time the tasks get to return after the stop, before they are aborted.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// What `pairs` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairsFigures {
+    /// Connections open.
+    pub connections: usize,
+    /// Messages each connection kept in flight (closed loop).
+    pub in_flight: Option<usize>,
+    /// Messages per second sent in total (open loop, `--rate`).
+    pub rate: Option<f64>,
+    /// Bytes per client frame.
+    pub frame_bytes: usize,
+    /// `raw` or `tungstenite`.
+    pub framing: &'static str,
+    /// Messages delivered in the window.
+    pub messages: u64,
+    /// Messages delivered per second.
+    pub msgs_per_s: f64,
+    /// Send-to-receive latency of the messages delivered in the window.
+    pub latency: Latency,
+}
+
+impl std::fmt::Display for PairsFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.in_flight, self.rate) {
+            (_, Some(rate)) => write!(f, "{} connections, {rate} msgs/s sent", self.connections)?,
+            (k, None) => write!(
+                f,
+                "{} connections, {} in flight each",
+                self.connections,
+                k.unwrap_or_default()
+            )?,
+        }
+        writeln!(
+            f,
+            ", {}-byte frames ({} framing)",
+            self.frame_bytes, self.framing
+        )?;
+        writeln!(
+            f,
+            "delivered: {} messages, {:.0} msgs/s",
+            self.messages, self.msgs_per_s
+        )?;
+        writeln!(f, "latency: {}", self.latency)
+    }
+}
+
+/// The measured window in nanoseconds since the epoch, and the histogram
+/// shard a connection records into.
+struct Plan {
+    window: (u64, u64),
+    shard: Arc<Mutex<Histogram<u64>>>,
+    in_flight: usize,
+    /// Open loop: messages a second this connection sends, and its place
+    /// (0..1) in the stagger of first ticks.
+    pace: Option<(f64, f64)>,
+}
+
+/// Runs `pairs`.
+pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outcome> {
+    let n = args.connections;
+    anyhow::ensure!(
+        n >= 2 && n.is_multiple_of(2),
+        "pairs needs an even number of connections (-n)"
+    );
+    anyhow::ensure!(
+        (1..=MAX_IN_FLIGHT).contains(&args.in_flight),
+        "-k must be 1..={MAX_IN_FLIGHT}"
+    );
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate > 0.0 && rate <= MAX_RATE,
+            "--rate must be above 0 and at most {MAX_RATE}"
+        );
+        anyhow::ensure!(args.framing == Framing::Raw, "--rate needs the raw framing");
+    }
+    let templates = (0..n)
+        .map(|i| Template::new(&run.name(i ^ 1), args.size, false))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let frame_bytes = templates[0].frame_len();
+    let open = conn::open_all(run, 0..n, READ_BUFFER, false).await;
+    if open.len() < n {
+        anyhow::bail!(
+            "only {} of {n} connections opened: {}",
+            open.len(),
+            run.first_error().unwrap_or_default()
+        );
+    }
+    let shards: Vec<_> = (0..run.common.threads)
+        .map(|_| Arc::new(Mutex::new(stats::histogram())))
+        .collect();
+    let start_ns = run.now_ns() + run.common.warmup.as_nanos() as u64;
+    let end_ns = start_ns + run.common.duration.as_nanos() as u64;
+    let mut tasks = JoinSet::new();
+    for ((i, stream, reader), template) in open.into_iter().zip(templates) {
+        let plan = Plan {
+            window: (start_ns, end_ns),
+            shard: shards[i % shards.len()].clone(),
+            in_flight: args.in_flight,
+            pace: args.rate.map(|rate| (rate / n as f64, i as f64 / n as f64)),
+        };
+        let run = run.clone();
+        match args.framing {
+            Framing::Raw => tasks.spawn(peer_raw(run, i, stream, reader, template, plan)),
+            Framing::Tungstenite => {
+                tasks.spawn(peer_tungstenite(run, i, stream, reader, template, plan))
+            }
+        };
+    }
+    let epoch = tokio::time::Instant::from_std(run.epoch);
+    tokio::time::sleep_until(epoch + Duration::from_nanos(start_ns)).await;
+    let first = run.snapshot();
+    tokio::time::sleep_until(epoch + Duration::from_nanos(end_ns)).await;
+    let last = run.snapshot();
+    run.stop.cancel();
+    if tokio::time::timeout(STOP_WAIT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tasks.abort_all();
+    }
+    let mut total = stats::histogram();
+    for shard in &shards {
+        total.add(&*shard.lock().unwrap_or_else(|p| p.into_inner()))?;
+    }
+    let window = last.wall.duration_since(first.wall).as_secs_f64();
+    let figures = PairsFigures {
+        connections: n,
+        in_flight: args.rate.is_none().then_some(args.in_flight),
+        rate: args.rate,
+        frame_bytes,
+        framing: match args.framing {
+            Framing::Raw => "raw",
+            Framing::Tungstenite => "tungstenite",
+        },
+        messages: total.len(),
+        msgs_per_s: total.len() as f64 / window,
+        latency: Latency::of(&total),
+    };
+    Ok(Outcome {
+        units: Some(figures.messages),
+        figures: Figures::Pairs(figures),
+        window: (first, last),
+    })
+}
+
+/// Records the latencies of one read (one lock) and counts the messages.
+fn record(run: &Run, plan: &Plan, latencies: &mut Vec<u64>, got: u64) {
+    if !latencies.is_empty() {
+        let mut h = plan.shard.lock().unwrap_or_else(|p| p.into_inner());
+        for &ns in latencies.iter() {
+            h.saturating_record(ns.clamp(1, stats::MAX_LATENCY_NS));
+        }
+        latencies.clear();
+    }
+    run.progress
+        .fetch_add(got, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One connection on the hand-rolled framing.
+async fn peer_raw(
+    run: Arc<Run>,
+    index: usize,
+    mut stream: Stream,
+    mut reader: Reader,
+    template: Template,
+    plan: Plan,
+) {
+    let mut masker = Masker::new(index);
+    let mut out = Vec::with_capacity(template.frame_len() * (plan.in_flight + 1));
+    let mut latencies = Vec::with_capacity(plan.in_flight * 2);
+    let now = run.now_ns();
+    let mut pacer = plan.pace.map(|(per_s, stagger)| Pacer::new(per_s, stagger));
+    if pacer.is_none() {
+        for _ in 0..plan.in_flight {
+            template.append(&mut out, now, 0, masker.next_key());
+        }
+    }
+    let clean = loop {
+        if !out.is_empty() {
+            let write = async {
+                stream.write_all(&out).await?;
+                stream.flush().await
+            };
+            // The write first: one that completes at once is not cut short
+            // by the stop (half a frame would spoil the close after it).
+            tokio::select! {
+                biased;
+                written = write => if let Err(e) = written {
+                    run.error(|| format!("connection {index}: write failed: {e}"));
+                    return;
+                },
+                _ = run.stop.cancelled() => break false,
+            }
+            out.clear();
+        }
+        let read = tokio::select! {
+            biased;
+            _ = run.stop.cancelled() => break true,
+            read = reader.fill(&mut stream) => read,
+            due = Pacer::due(&mut pacer) => {
+                let now = run.now_ns();
+                for _ in 0..due {
+                    template.append(&mut out, now, 0, masker.next_key());
+                }
+                continue;
+            }
+        };
+        match read {
+            Ok(0) => return run.error(|| format!("connection {index}: the server closed it")),
+            Err(e) => return run.error(|| format!("connection {index}: read failed: {e}")),
+            Ok(_) => {}
+        }
+        let now = run.now_ns();
+        let in_window = (plan.window.0..plan.window.1).contains(&now);
+        let mut got = 0;
+        loop {
+            let (opcode, range) = match reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return run.error(|| format!("connection {index}: {e}")),
+            };
+            let payload = reader.payload(range);
+            match opcode {
+                frame::OP_TEXT | frame::OP_BINARY | frame::OP_CONTINUATION => {
+                    match frame::find_stamp(payload, false) {
+                        Some((sent, _)) => {
+                            got += 1;
+                            if in_window {
+                                latencies.push(now.saturating_sub(sent));
+                            }
+                        }
+                        None => run.notice(payload),
+                    }
+                }
+                frame::OP_PING => {
+                    frame::append_frame(&mut out, frame::OP_PONG, payload, masker.next_key())
+                }
+                frame::OP_CLOSE => {
+                    return run.error(|| {
+                        format!("connection {index}: {}", frame::describe_close(payload))
+                    });
+                }
+                _ => {}
+            }
+        }
+        reader.compact();
+        record(&run, &plan, &mut latencies, got);
+        if pacer.is_none() {
+            for _ in 0..got {
+                template.append(&mut out, now, 0, masker.next_key());
+            }
+        }
+    };
+    if clean {
+        conn::close(&mut stream, &mut reader, masker.next_key(), CLOSE_WAIT).await;
+    }
+}
+
+/// One connection on tungstenite's `WebSocketStream`: every message already
+/// readable is handled, the replies fed, then one flush. Each message is an
+/// owned `Message` both ways (an allocation per message that the raw path avoids).
+async fn peer_tungstenite(
+    run: Arc<Run>,
+    index: usize,
+    stream: Stream,
+    reader: Reader,
+    template: Template,
+    plan: Plan,
+) {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(READ_BUFFER);
+    let mut ws = WebSocketStream::from_partially_read(
+        stream,
+        reader.pending().to_vec(),
+        Role::Client,
+        Some(config),
+    )
+    .await;
+    let mut latencies = Vec::with_capacity(plan.in_flight * 2);
+    let mut text = Vec::with_capacity(template.frame_len());
+    let message = |text: &mut Vec<u8>, now: u64| {
+        text.clear();
+        template.append_payload(text, now, 0);
+        let s = String::from_utf8(text.clone()).expect("templates are UTF-8");
+        Message::text(s)
+    };
+    let now = run.now_ns();
+    for _ in 0..plan.in_flight {
+        if ws.feed(message(&mut text, now)).await.is_err() {
+            return run.error(|| format!("connection {index}: write failed"));
+        }
+    }
+    loop {
+        let flushed = tokio::select! {
+            biased;
+            _ = run.stop.cancelled() => break,
+            flushed = ws.flush() => flushed,
+        };
+        if let Err(e) = flushed {
+            return run.error(|| format!("connection {index}: write failed: {e}"));
+        }
+        let first = tokio::select! {
+            biased;
+            _ = run.stop.cancelled() => break,
+            next = ws.next() => next,
+        };
+        let now = run.now_ns();
+        let in_window = (plan.window.0..plan.window.1).contains(&now);
+        let mut got = 0;
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(Message::Text(t))) => match frame::find_stamp(t.as_bytes(), false) {
+                    Some((sent, _)) => {
+                        got += 1;
+                        if in_window {
+                            latencies.push(now.saturating_sub(sent));
+                        }
+                    }
+                    None => run.notice(t.as_bytes()),
+                },
+                Some(Ok(Message::Close(c))) => {
+                    return run
+                        .error(|| format!("connection {index}: closed by the server: {c:?}"));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return run.error(|| format!("connection {index}: {e}")),
+                None => return run.error(|| format!("connection {index}: the server closed it")),
+            }
+            // Whatever the last read already brought in; no waiting.
+            match ws.next().now_or_never() {
+                Some(more) => next = more,
+                None => break,
+            }
+        }
+        record(&run, &plan, &mut latencies, got);
+        for _ in 0..got {
+            if let Err(e) = ws.feed(message(&mut text, now)).await {
+                return run.error(|| format!("connection {index}: write failed: {e}"));
+            }
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        ws.close(None).await?;
+        while ws.next().await.is_some() {}
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+    })
+    .await;
+}
+
+/// Open-loop sending for `--rate`: how many messages are due at each tick.
+struct Pacer {
+    tick: tokio::time::Interval,
+    begin: tokio::time::Instant,
+    per_s: f64,
+    sent: u64,
+}
+
+impl Pacer {
+    /// `per_s` messages a second from now; the first tick comes `stagger`
+    /// (0..1) of a period late, so that connections do not send in step.
+    fn new(per_s: f64, stagger: f64) -> Pacer {
+        let period = Duration::from_secs_f64(1.0 / per_s).max(MIN_TICK);
+        let begin = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(begin + period.mul_f64(stagger), period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pacer {
+            tick,
+            begin,
+            per_s,
+            sent: 0,
+        }
+    }
+
+    /// Waits for the next tick and returns the messages due by then (the
+    /// rate holds on average whatever the tick). Without a pacer (closed
+    /// loop) it never returns. Cancel-safe.
+    async fn due(pacer: &mut Option<Pacer>) -> u64 {
+        let Some(p) = pacer else {
+            return std::future::pending().await;
+        };
+        p.tick.tick().await;
+        let due = (p.begin.elapsed().as_secs_f64() * p.per_s) as u64;
+        let n = due.saturating_sub(p.sent);
+        p.sent = p.sent.max(due);
+        n
+    }
+}

@@ -1,0 +1,35 @@
+//! `wssgate-bench`: parses flags, runs one load scenario, prints the report
+//! (text, or one JSON line with `--json`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use wssgate::bench::{self, Options};
+
+fn main() -> ExitCode {
+    let opts = Options::parse();
+    let runtime = match bench::runtime(opts.common().threads) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("wssgate-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench::run(&opts)) {
+        Ok(report) if opts.common().json => {
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("a report serializes")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wssgate-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The load generator end to end: each scenario runs briefly, with few
+//! connections, against an in-process gateway, and reports sane figures.
+
+mod common;
+
+use clap::Parser;
+use wssgate::bench::{self, Figures, Options, Report};
+use wssgate::certgen::{GenCerts, KeyType, files, gen_certs};
+
+/// Runs `wssgate-bench ARGS` in this test's runtime: one second measured,
+/// a short warm-up, no progress line.
+async fn bench(args: &[&str]) -> Report {
+    let mut argv = vec!["wssgate-bench"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["--duration", "1s", "--warmup", "200ms", "--quiet"]);
+    let opts = Options::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let report = bench::run(&opts).await.expect("the run succeeds");
+    // Whatever it measured, the JSON line must be there for scripts.
+    let json = serde_json::to_value(&report).expect("a report serializes");
+    assert_eq!(json["scenario"], opts.scenario.name());
+    assert!(
+        report.load.cpu_s >= 0.0 && report.window_s > 0.9,
+        "{report}"
+    );
+    report
+}
+
+fn assert_ordered(l: &bench::stats::Latency, report: &Report) {
+    assert!(l.count > 0, "{report}");
+    assert!(
+        0.0 < l.p50_us && l.p50_us <= l.p99_us && l.p99_us <= l.p999_us && l.p999_us <= l.max_us,
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn pairs_delivers_and_orders_latencies() {
+    let gw = common::start("").await;
+    let url = gw.url("/");
+    let pid = std::process::id().to_string();
+    for framing in ["raw", "tungstenite"] {
+        let report = bench(&[
+            "pairs",
+            "--url",
+            &url,
+            "-n",
+            "4",
+            "-k",
+            "2",
+            "--pid",
+            &pid,
+            "--framing",
+            framing,
+        ])
+        .await;
+        let Figures::Pairs(p) = &report.figures else {
+            panic!("{report}")
+        };
+        assert!(p.messages > 0 && p.msgs_per_s > 0.0, "{report}");
+        assert_eq!(p.frame_bytes, 80);
+        assert_ordered(&p.latency, &report);
+        assert_eq!(report.errors, 0, "{report}");
+        assert_eq!(p.in_flight, Some(2));
+        let server = report.server.as_ref().expect("--pid given");
+        assert!(
+            server
+                .cpu
+                .as_ref()
+                .is_some_and(|c| c.cpu_us_per_unit.is_some()),
+            "{report}"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn pairs_at_a_fixed_rate() {
+    let gw = common::start("").await;
+    let report = bench(&["pairs", "--url", &gw.url("/"), "-n", "4", "--rate", "400"]).await;
+    let Figures::Pairs(p) = &report.figures else {
+        panic!("{report}")
+    };
+    assert_eq!((p.rate, p.in_flight), (Some(400.0), None));
+    // Open loop: about the asked rate, not whatever the server can take.
+    assert!((300.0..=500.0).contains(&p.msgs_per_s), "{report}");
+    assert_ordered(&p.latency, &report);
+    assert_eq!(report.errors, 0, "{report}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn fanout_reaches_every_member() {
+    let gw = common::start("").await;
+    let report = bench(&["fanout", "--url", &gw.url("/"), "-n", "5", "--rate", "50"]).await;
+    let Figures::Fanout(f) = &report.figures else {
+        panic!("{report}")
+    };
+    assert!(f.published > 0 && f.complete > 0, "{report}");
+    assert!(f.deliveries > 0 && f.deliveries_per_s > 0.0, "{report}");
+    assert_ordered(&f.reach_all, &report);
+    assert!(f.reach_all.p50_us <= f.reach_all.p95_us, "{report}");
+    assert_ordered(&f.delivery, &report);
+    assert_eq!(report.errors, 0, "{report}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn idle_reports_memory_per_connection() {
+    let gw = common::start("").await;
+    let pid = std::process::id().to_string();
+    let report = bench(&[
+        "idle",
+        "--url",
+        &gw.url("/"),
+        "-n",
+        "50",
+        "--settle",
+        "100ms",
+        "--pid",
+        &pid,
+    ])
+    .await;
+    let Figures::Idle(i) = &report.figures else {
+        panic!("{report}")
+    };
+    assert_eq!(i.open, 50, "{report}");
+    assert_eq!(i.dropped, 0, "{report}");
+    assert!(i.rss_before.is_some() && i.rss_after.is_some(), "{report}");
+    // Both ends live in this process, so the figure is not the gateway's
+    // alone; it must be there and finite.
+    assert!(i.bytes_per_conn.is_some_and(f64::is_finite), "{report}");
+    assert!(report.nofile.soft >= report.nofile.soft_before);
+    assert!(report.nofile.soft <= report.nofile.hard);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connect_completes_handshakes() {
+    let gw = common::start("").await;
+    let report = bench(&["connect", "--url", &gw.url("/"), "-c", "2"]).await;
+    let Figures::Connect(c) = &report.figures else {
+        panic!("{report}")
+    };
+    assert!(c.handshakes > 0 && c.handshakes_per_s > 0.0, "{report}");
+    assert_ordered(&c.latency, &report);
+    assert_eq!(report.errors, 0, "{report}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn wss_pairs_and_connect_with_a_ca() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    gen_certs(&GenCerts {
+        out: dir.path().to_owned(),
+        extra_sans: vec![],
+        clients: vec![],
+        force: false,
+        key_type: KeyType::EcdsaP256,
+    })
+    .expect("development certificates");
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let gw = common::start_config(&format!(
+        "[[listener]]\nname = \"wss\"\nbind = \"127.0.0.1:0\"\nmode = \"secure\"\n\
+         cert = {:?}\nkey = {:?}\n\n[admin]\nbind = \"127.0.0.1:0\"\n",
+        file(files::SERVER_CERT),
+        file(files::SERVER_KEY)
+    ))
+    .await;
+    let url = format!("wss://localhost:{}/", gw.ws.port());
+    let ca = file(files::CA_CERT);
+    let report = bench(&["pairs", "--url", &url, "--ca", &ca, "-n", "2"]).await;
+    assert!(report.tls);
+    let Figures::Pairs(p) = &report.figures else {
+        panic!("{report}")
+    };
+    assert!(p.messages > 0, "{report}");
+    let report = bench(&["connect", "--url", &url, "--ca", &ca, "-c", "1"]).await;
+    let Figures::Connect(c) = &report.figures else {
+        panic!("{report}")
+    };
+    assert!(c.handshakes > 0, "{report}");
+    assert_eq!(report.errors, 0, "{report}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_what_it_cannot_bound_or_reach() {
+    for args in [
+        &["pairs", "-n", "3"][..],
+        &["pairs", "-n", "200000"],
+        &["pairs", "--url", "ws://192.0.2.1:80/"],
+        &["pairs", "--url", "http://127.0.0.1:80/"],
+        &["pairs", "--size", "20"],
+        &["idle", "--duration", "2h"],
+        &["fanout", "--room", "nohash"],
+    ] {
+        let mut argv = vec!["wssgate-bench"];
+        argv.extend_from_slice(args);
+        argv.push("--quiet");
+        let opts = Options::try_parse_from(&argv).expect("flags parse");
+        let err = bench::run(&opts)
+            .await
+            .expect_err(&format!("{args:?} is refused"));
+        assert!(!err.to_string().is_empty());
+    }
+}
