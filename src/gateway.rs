@@ -38,7 +38,7 @@ use crate::tls::{self, ServerTls, ServerTlsFiles, TlsError};
 
 /// Read buffer per connection: small, because most messages are small and
 /// an idle connection should cost little.
-const READ_BUFFER_SIZE: usize = 4 * 1024;
+const READ_BUFFER_SIZE: usize = 2 * 1024;
 /// Bytes buffered before tungstenite writes to the socket on its own; the
 /// session flushes after each batch anyway.
 const WRITE_BUFFER_SIZE: usize = 16 * 1024;
@@ -270,7 +270,7 @@ fn spawn_connection(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let span = tracing::info_span!("conn", listener = %ctx.name, peer = %peer);
+    let span = tracing::info_span!("conn", listener = %ctx.name, peer = %peer, client = tracing::field::Empty);
     // Over the cap, the connection still gets its 503 (after TLS and the
     // request head), unless too many are already waiting for one.
     let permit = match shared.connections.clone().try_acquire_owned() {
@@ -355,7 +355,7 @@ async fn terminate<S>(
     permit: Option<OwnedSemaphorePermit>,
     deadline: Instant,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(acceptor) = ctx.tls.as_ref().map(|t| t.acceptor()) else {
         return connection(shared, ctx, stream, peer, permit, deadline, None).await;
@@ -475,7 +475,7 @@ async fn connection<S>(
     deadline: Instant,
     cert: Option<PeerCert>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let request = tokio::select! {
         biased;
@@ -555,12 +555,16 @@ async fn connection<S>(
         close_grace: shared.limits.shutdown_grace.0,
     };
     let open = ctx.metrics.open.clone();
-    session::run(ws, handle, rx, shared.router.clone(), timers, move || {
+    let session = session::run(ws, handle, rx, shared.router.clone(), timers, move || {
         open.dec();
         drop(address_slot);
         drop(permit);
-    })
-    .await;
+    });
+    // The session runs as a task of its own: this one, with the state of the
+    // TLS and HTTP handshakes (about 10 KiB), ends here and frees it.
+    shared
+        .tracker
+        .spawn(session.instrument(tracing::Span::current()));
 }
 
 /// Reads and checks the upgrade request and the name it claims; `None`

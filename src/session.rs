@@ -62,9 +62,9 @@ pub async fn run<S>(
     rx: Arc<Outbox>,
     router: Arc<Router>,
     timers: SessionTimers,
-    on_end: impl FnOnce(),
+    on_end: impl FnOnce() + Send,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let counters = Counters::new(&router);
     let mut ping =
