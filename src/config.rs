@@ -31,8 +31,10 @@ pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 /// Frames waiting for one slow receiver before it is closed with 1013.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
-/// Open sessions (and handshakes in progress) before new ones get 503.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Ceiling of the automatic `max_connections` (the open-file limit decides below it).
+pub const AUTO_MAX_CONNECTIONS_CEILING: usize = 100_000;
+/// File descriptors kept for listeners, the admin API, logs and certificates.
+pub const RESERVED_FILES: usize = 64;
 /// Time a peer has to complete the HTTP upgrade (slow-loris protection).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an idle session is pinged.
@@ -214,8 +216,11 @@ pub struct LimitsConfig {
     pub max_message_size: NonZeroUsize,
     /// Frames queued for one receiver before it is closed with 1013.
     pub outbound_queue: NonZeroUsize,
-    /// Sessions plus handshakes in progress, beyond which handshakes get 503.
-    pub max_connections: NonZeroUsize,
+    /// Sessions plus handshakes in progress, beyond which handshakes get 503;
+    /// unset: the open-file limit less [`RESERVED_FILES`], at most
+    /// [`AUTO_MAX_CONNECTIONS_CEILING`] (see [`LimitsConfig::max_connections`]).
+    #[serde(rename = "max_connections")]
+    pub max_connections_setting: Option<NonZeroUsize>,
     /// Time allowed for the HTTP upgrade.
     pub handshake_timeout: ConfigDuration,
     /// Interval between pings.
@@ -480,12 +485,27 @@ impl fmt::Debug for AdminConfig {
     }
 }
 
+impl LimitsConfig {
+    /// The connection cap in force: the configured one, else what the
+    /// process's open-file limit allows (read now: raise it first).
+    pub fn max_connections(&self) -> usize {
+        if let Some(n) = self.max_connections_setting {
+            return n.get();
+        }
+        let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| {
+            usize::try_from(soft).unwrap_or(usize::MAX)
+        });
+        soft.saturating_sub(RESERVED_FILES)
+            .clamp(1, AUTO_MAX_CONNECTIONS_CEILING)
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_message_size: nonzero(DEFAULT_MAX_MESSAGE_SIZE),
             outbound_queue: nonzero(DEFAULT_OUTBOUND_QUEUE),
-            max_connections: nonzero(DEFAULT_MAX_CONNECTIONS),
+            max_connections_setting: None,
             handshake_timeout: ConfigDuration(DEFAULT_HANDSHAKE_TIMEOUT),
             ping_interval: ConfigDuration(DEFAULT_PING_INTERVAL),
             idle_timeout: ConfigDuration(DEFAULT_IDLE_TIMEOUT),

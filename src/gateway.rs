@@ -146,7 +146,7 @@ impl Server {
             router,
             metrics,
             events,
-            connections: Arc::new(Semaphore::new(limits.max_connections.get())),
+            connections: Arc::new(Semaphore::new(limits.max_connections())),
             per_address: Arc::new(AddressLimit::new(limits.max_connections_per_address)),
             refusing: AtomicUsize::new(0),
             limits,

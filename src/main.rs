@@ -115,6 +115,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let (config, source) = load(config.as_deref())?;
             init_logs(&config.log.level.0);
             tracing::info!(config = %source, "starting wssgate {}", env!("CARGO_PKG_VERSION"));
+            raise_open_file_limit(config.limits.get_ref());
             wssgate::serve(config, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -247,6 +248,40 @@ fn load(path: Option<&Path>) -> Result<(Config, String)> {
         return Ok((Config::load(default)?, DEFAULT_CONFIG_PATH.to_owned()));
     }
     Ok((Config::builtin(), "built-in defaults".to_owned()))
+}
+
+/// Every connection is a file descriptor: raise the soft open-file limit to
+/// the hard one, log both, and warn when a configured `max_connections`
+/// cannot fit.
+fn raise_open_file_limit(limits: &wssgate::config::LimitsConfig) {
+    use rlimit::Resource;
+    let Ok((soft, hard)) = rlimit::getrlimit(Resource::NOFILE) else {
+        tracing::warn!("cannot read the open-file limit");
+        return;
+    };
+    let now = match rlimit::increase_nofile_limit(hard) {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            soft
+        }
+    };
+    let max_connections = limits.max_connections();
+    tracing::info!(
+        soft_before = soft,
+        soft = now,
+        hard,
+        max_connections,
+        "open-file limit"
+    );
+    let reserved = wssgate::config::RESERVED_FILES as u64;
+    if (max_connections as u64).saturating_add(reserved) > now {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = now,
+            "max_connections is above what the open-file limit allows; raise the hard limit (LimitNOFILE= in systemd) or lower max_connections"
+        );
+    }
 }
 
 fn init_logs(level: &str) {

@@ -367,7 +367,7 @@ static int pairs(int argc, char **argv)
             conns = atoi(v), i++;
         else if (!strcmp(a, "--in-flight") && v)
             inflight = atoi(v), i++;
-        else if (!strcmp(a, "--payload") && v)
+        else if ((!strcmp(a, "--payload") || !strcmp(a, "--size")) && v)
             payload = atoi(v), i++;
         else {
             fprintf(stderr, "tcpfwd pairs: unknown or incomplete flag %s\n", a);
