@@ -722,3 +722,28 @@ async fn key_formats_and_chains() {
     .expect("no chain");
     assert!(e.to_string().contains("unknown issuer"), "{e}");
 }
+
+#[tokio::test]
+async fn tls12_and_tls13_both_negotiate_http11() {
+    use rustls::pki_types::ServerName;
+    let pki = Pki::new();
+    let (cert, key, _) = pki.server();
+    let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
+    let roots = wssgate::tls::load_roots(&pki.ca_file()).unwrap();
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut config = rustls::ClientConfig::builder_with_provider(wssgate::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(gw.ws).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        let (_, session) = tls.get_ref();
+        assert_eq!(session.protocol_version(), Some(version.version));
+        assert_eq!(session.alpn_protocol(), Some(&b"http/1.1"[..]));
+    }
+}
