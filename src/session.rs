@@ -72,6 +72,13 @@ pub async fn run<S>(
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut heard = false;
     let mut silent = Duration::ZERO;
+    // A write still pending after this many ticks means the peer stopped
+    // reading: it is closed like a slow consumer.
+    let stall_ticks = timers
+        .idle_timeout
+        .as_nanos()
+        .div_ceil(timers.ping_interval.as_nanos().max(1))
+        .max(1);
 
     let end = loop {
         tokio::select! {
@@ -79,11 +86,8 @@ pub async fn run<S>(
             () = handle.closed() => break closing_end(handle.close_code()),
             Some(first) = rx.pop() => {
                 let batch = write_batch(&mut ws, first, &rx);
-                tokio::select! {
-                    result = batch => if let Err(e) = result {
-                        break End::Gone(format!("write failed: {e}"));
-                    },
-                    () = handle.closed() => break closing_end(handle.close_code()),
+                if let Err(end) = guarded(batch, &handle, &mut ping, stall_ticks).await {
+                    break end;
                 }
             }
             frame = ws.next() => {
@@ -94,8 +98,8 @@ pub async fn run<S>(
                     Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, &data),
                     Ok(Message::Ping(_)) => {
                         // tungstenite queued the pong; send it now.
-                        if let Err(e) = ws.flush().await {
-                            break End::Gone(format!("write failed: {e}"));
+                        if let Err(end) = guarded(ws.flush(), &handle, &mut ping, stall_ticks).await {
+                            break end;
                         }
                     }
                     Ok(Message::Pong(_) | Message::Frame(_)) => {}
@@ -114,8 +118,9 @@ pub async fn run<S>(
                     router.metrics().error(ErrorKind::idle_timeout);
                     break End::Closed { code: CLOSE_IDLE, reason: IDLE_REASON };
                 }
-                if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
-                    break End::Gone(format!("write failed: {e}"));
+                let ping_frame = ws.send(Message::Ping(Bytes::new()));
+                if let Err(end) = guarded(ping_frame, &handle, &mut ping, stall_ticks).await {
+                    break end;
                 }
             }
         }
@@ -139,6 +144,39 @@ pub async fn run<S>(
         remote,
         reason: &reason,
     });
+}
+
+/// Runs one write while watching for a close order and for a peer that
+/// stopped reading (the write still pending after `stall_ticks` pings).
+/// Without this, a peer that never reads would hold the task in a write
+/// forever, deaf to closes and to the idle timer.
+async fn guarded<F>(
+    write: F,
+    handle: &SessionHandle,
+    ping: &mut tokio::time::Interval,
+    stall_ticks: u128,
+) -> Result<(), End>
+where
+    F: std::future::Future<Output = Result<(), WsError>>,
+{
+    tokio::pin!(write);
+    let mut ticks = 0;
+    loop {
+        tokio::select! {
+            biased;
+            () = handle.closed() => return Err(closing_end(handle.close_code())),
+            result = &mut write => {
+                return result.map_err(|e| End::Gone(format!("write failed: {e}")));
+            }
+            _ = ping.tick() => {
+                ticks += 1;
+                if ticks >= stall_ticks {
+                    handle.close_with(CLOSE_SLOW_CONSUMER);
+                    return Err(End::Closed { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer" });
+                }
+            }
+        }
+    }
 }
 
 /// The end chosen by whoever cancelled the session.

@@ -531,3 +531,42 @@ async fn abuse_garbage_bytes_get_400_and_the_gateway_keeps_serving() {
     exchange(&mut carol, "carol", &mut alice, "alice").await;
     assert_eq!(client_names(&gw).await, ["alice", "bob", "carol"]);
 }
+
+/// A peer that stops reading while frames are still on their way, and then
+/// gets no more: its queue never fills, so only the stalled write shows it.
+/// The session must notice within idle_timeout, not wait in the write.
+#[tokio::test]
+async fn abuse_reader_that_stops_reading_is_closed_even_when_its_queue_never_fills() {
+    let gw = start(
+        "[limits]\noutbound_queue = 1000\nping_interval = \"100ms\"\nidle_timeout = \"300ms\"\nshutdown_grace = \"200ms\"\n",
+    )
+    .await;
+    let mut events = subscribe_events(gw.operator()).await;
+    // Bystanders that keep reading (and so answer pings) throughout.
+    let mut alice = Driven::connect(&gw, "alice").await;
+    let mut bob = Driven::connect(&gw, "bob").await;
+    let mut blaster = connect(&gw, "blaster").await;
+    let mut stuck = raw_connect(&gw, "stuck").await;
+    // It is not silent: it pings every 50 ms (so the idle timeout never
+    // applies), but it never reads.
+    let pinger = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            every.tick().await;
+            stuck.write(&masked_frame(OP_PING, true, b"")).await;
+        }
+    });
+    // 300 frames of 60 KB: more than loopback's socket buffers hold, fewer
+    // than the queue's 1000. (The blaster reads nothing back, so it may end
+    // up a slow consumer itself; alice and bob are the bystanders.)
+    let payload = "x".repeat(60_000);
+    for _ in 0..300 {
+        send_json(&mut blaster, &json!({"dst":"stuck","msg":payload})).await;
+    }
+    // Before, the session waited in that write for good: never closed.
+    let gone = next_disconnect(&mut events, "stuck").await;
+    assert_eq!(gone["reason"], "closed by gateway: 1013 slow consumer");
+    pinger.abort();
+    driven_deliver(&mut alice, "alice", &mut bob, "bob").await;
+    driven_deliver(&mut bob, "bob", &mut alice, "alice").await;
+}

@@ -1,5 +1,5 @@
-//! `fanout`: N members join a room (each join confirmed by a `list` round
-//! trip, since a server handles a connection's frames in order), one
+//! `fanout`: N members join a room (each join confirmed by a message to
+//! itself, since a server handles a connection's frames in order), one
 //! publisher (also a member: wssgate lets only members send to a room)
 //! sends numbered, timestamped messages at a fixed rate. Reports deliveries
 //! per second, per-delivery latency, and the time for one message to reach
@@ -27,7 +27,9 @@ const READ_BUFFER: usize = 2 * 1024;
 const MAX_PUBLISHED: u64 = 1_000_000;
 /// Time the last messages get to reach everyone after the window.
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
-/// Time for a join's `list` answer.
+/// The text of the message a member sends itself to confirm its join.
+const JOIN_ACK: &str = "wssgate-bench join barrier";
+/// Time for a join's confirmation.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the connections get to close politely at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -119,7 +121,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &FanoutArgs) -> anyhow::Result<Out
         .map(|(i, mut stream, mut reader)| {
             let room = args.room.clone();
             async move {
-                join(&mut stream, &mut reader, &room, i)
+                join(&mut stream, &mut reader, &room, i, &run.name(i))
                     .await
                     .with_context(|| format!("connection {i} joining {room}"))?;
                 Ok::<_, anyhow::Error>((i, stream, reader))
@@ -236,23 +238,23 @@ pub(crate) async fn run(run: &Arc<Run>, args: &FanoutArgs) -> anyhow::Result<Out
     })
 }
 
-/// Joins `room` and waits for the answer to a `list` sent after it.
+/// Joins `room` and waits for a private message to itself sent after it:
+/// servers handle a client's frames in order, so its arrival proves the
+/// join was handled. (A `list` would do too, but its answer names every
+/// client: 10,000 joins would cost the server quadratic work.)
 async fn join(
     stream: &mut Stream,
     reader: &mut Reader,
     room: &str,
     index: usize,
+    name: &str,
 ) -> anyhow::Result<()> {
     let mut masker = Masker::new(index);
     let mut out = Vec::new();
     let join = serde_json::json!({"type": "join", "room": room}).to_string();
     frame::append_frame(&mut out, frame::OP_TEXT, join.as_bytes(), masker.next_key());
-    frame::append_frame(
-        &mut out,
-        frame::OP_TEXT,
-        br#"{"type":"list"}"#,
-        masker.next_key(),
-    );
+    let ack = serde_json::json!({"dst": name, "msg": JOIN_ACK}).to_string();
+    frame::append_frame(&mut out, frame::OP_TEXT, ack.as_bytes(), masker.next_key());
     conn::send(stream, &out).await?;
     out.clear();
     tokio::time::timeout(JOIN_TIMEOUT, async {
@@ -264,10 +266,11 @@ async fn join(
                         let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
                             continue;
                         };
-                        match value["type"].as_str() {
-                            Some("list") => return Ok(()),
-                            Some("error") => anyhow::bail!("the server answered: {}", value["msg"]),
-                            _ => {}
+                        if value["msg"] == JOIN_ACK {
+                            return Ok(());
+                        }
+                        if value["type"] == "error" {
+                            anyhow::bail!("the server answered: {}", value["msg"]);
                         }
                     }
                     frame::OP_CLOSE => anyhow::bail!("{}", frame::describe_close(payload)),
@@ -281,7 +284,7 @@ async fn join(
         }
     })
     .await
-    .map_err(|_| anyhow::anyhow!("no answer to {{\"type\":\"list\"}} within {JOIN_TIMEOUT:?}"))?
+    .map_err(|_| anyhow::anyhow!("the join was not confirmed within {JOIN_TIMEOUT:?}"))?
 }
 
 /// A member: counts and times every message of the room.
