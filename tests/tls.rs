@@ -103,26 +103,6 @@ async fn try_wss(opts: &ConnectOptions) -> Result<ClientStream, ConnectError> {
     Ok(ws)
 }
 
-/// Proves a connection works end to end: a `list` round trip.
-async fn round_trip(ws: &mut ClientStream) -> Vec<String> {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    ws.send(Message::text(r#"{"type":"list"}"#)).await.unwrap();
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("reply in time")
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(text) = frame {
-            let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
-            if reply["type"] == "list" {
-                return serde_json::from_value(reply["names"].clone()).unwrap();
-            }
-        }
-    }
-}
-
 /// What a client should see.
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
@@ -269,7 +249,7 @@ async fn matrix_of_server_modes_and_client_policies() {
             let result = try_wss(&options(&gw, &name, trust, identity, &known)).await;
             match (expected, result) {
                 (Connected, Ok(mut ws)) => {
-                    assert!(round_trip(&mut ws).await.contains(&name), "{case}");
+                    assert!(list(&mut ws).await.contains(&name), "{case}");
                 }
                 (Fails(needle), Err(e)) => {
                     let text = e.to_string();
@@ -404,7 +384,7 @@ async fn identity_from_client_certificates() {
     ))
     .await
     .unwrap();
-    assert_eq!(round_trip(&mut ws).await, ["alice"]);
+    assert_eq!(list(&mut ws).await, ["alice"]);
     drop(ws);
     // Another claimed name: 403.
     let e = try_wss(&options(
@@ -437,11 +417,7 @@ async fn identity_from_client_certificates() {
     );
     opts.url = format!("wss://localhost:{}/", gw.ws.port());
     let mut ws = try_wss(&opts).await.unwrap();
-    assert!(
-        round_trip(&mut ws)
-            .await
-            .contains(&"C1我是客户端".to_owned())
-    );
+    assert!(list(&mut ws).await.contains(&"C1我是客户端".to_owned()));
 }
 
 #[tokio::test]
@@ -462,32 +438,17 @@ async fn a_ws_client_and_a_wss_client_exchange_private_messages() {
     ))
     .await
     .unwrap();
-    round_trip(&mut secure).await;
+    list(&mut secure).await;
     send_json(
         &mut plain,
         &json!({"src":"plain","dst":"secure","msg":"over tls?"}),
     )
     .await;
-    {
-        use futures_util::StreamExt;
-        let frame = tokio::time::timeout(WAIT, secure.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let got: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
-        assert_eq!(got, json!({"src":"plain","dst":"secure","msg":"over tls?"}));
-    }
-    {
-        use futures_util::SinkExt;
-        use tokio_tungstenite::tungstenite::Message;
-        secure
-            .send(Message::text(
-                r#"{"src":"secure","dst":"plain","msg":"yes"}"#,
-            ))
-            .await
-            .unwrap();
-    }
+    assert_eq!(
+        recv_json(&mut secure).await,
+        json!({"src":"plain","dst":"secure","msg":"over tls?"})
+    );
+    send_text(&mut secure, r#"{"src":"secure","dst":"plain","msg":"yes"}"#).await;
     assert_eq!(recv_json(&mut plain).await["src"], "secure");
     let clients = gw.operator().clients().await.unwrap();
     let tls_of = |name: &str| {
@@ -510,7 +471,7 @@ async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
     let mut old = try_wss(&options(&gw, "old", pin(&old_pem), None, &pki.path("k")))
         .await
         .unwrap();
-    round_trip(&mut old).await;
+    list(&mut old).await;
 
     // New certificate and key on disk: new handshakes use them.
     let new_pem = pki
@@ -534,8 +495,8 @@ async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
         .expect("old pin fails");
     assert!(e.to_string().contains("pin mismatch"), "{e}");
     // The connection opened before the reload carries on.
-    assert_eq!(round_trip(&mut old).await, ["new", "old"]);
-    round_trip(&mut new).await;
+    assert_eq!(list(&mut old).await, ["new", "old"]);
+    list(&mut new).await;
 
     // A broken file: reported, and the certificate in service stays.
     std::fs::write(&cert, "not a certificate\n").unwrap();
@@ -546,7 +507,7 @@ async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
     let mut again = try_wss(&options(&gw, "again", pin(&new_pem), None, &pki.path("k")))
         .await
         .unwrap();
-    round_trip(&mut again).await;
+    list(&mut again).await;
 }
 
 #[tokio::test]
@@ -683,7 +644,7 @@ async fn key_formats_and_chains() {
         ))
         .await
         .unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert_eq!(round_trip(&mut ws).await, ["k"], "{label}");
+        assert_eq!(list(&mut ws).await, ["k"], "{label}");
     }
 
     // A chain: root -> intermediate -> leaf; the client trusts the root only.
@@ -706,7 +667,7 @@ async fn key_formats_and_chains() {
     ))
     .await
     .expect("a chain with an intermediate verifies");
-    round_trip(&mut ws).await;
+    list(&mut ws).await;
     // Without the intermediate in the file the client cannot build the chain.
     let alone = pki.write("leaf-alone.pem", &leaf.cert);
     let gw = start_config(&tls_config("secure", &alone, &key, "")).await;

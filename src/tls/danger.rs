@@ -14,11 +14,50 @@ use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
 use super::fingerprint;
 
+/// The one check every verifier here keeps: handshake signatures, with the
+/// provider's algorithms.
+#[derive(Debug)]
+struct Signatures(Arc<CryptoProvider>);
+
+impl Signatures {
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Server side of `accept-all`: asks for a client certificate and accepts
 /// any, unverified. The fingerprint is what identifies the client.
 #[derive(Debug)]
 pub struct AcceptAnyClientCert {
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
     mandatory: bool,
 }
 
@@ -27,7 +66,7 @@ impl AcceptAnyClientCert {
     /// client without one fails the handshake.
     pub fn new(provider: Arc<CryptoProvider>, mandatory: bool) -> Self {
         AcceptAnyClientCert {
-            provider,
+            signatures: Signatures(provider),
             mandatory,
         }
     }
@@ -61,12 +100,7 @@ impl ClientCertVerifier for AcceptAnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -75,18 +109,11 @@ impl ClientCertVerifier for AcceptAnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -112,7 +139,7 @@ pub enum Expect {
 /// checked against [`Expect`] and recorded for the caller.
 #[derive(Debug)]
 pub struct FingerprintVerifier {
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
     expect: Expect,
     seen: Arc<Mutex<Option<String>>>,
 }
@@ -125,7 +152,7 @@ impl FingerprintVerifier {
         seen: Arc<Mutex<Option<String>>>,
     ) -> Self {
         FingerprintVerifier {
-            provider,
+            signatures: Signatures(provider),
             expect,
             seen,
         }
@@ -167,12 +194,7 @@ impl ServerCertVerifier for FingerprintVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -181,17 +203,10 @@ impl ServerCertVerifier for FingerprintVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }

@@ -28,6 +28,22 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Any WebSocket client stream: the harness's [`Ws`], a library
+/// `ClientStream`, one over a PROXY-prefixed socket...
+pub trait WsStream:
+    futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+    + futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+    + Unpin
+{
+}
+
+impl<T> WsStream for T where
+    T: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + Unpin
+{
+}
+
 /// A running gateway.
 pub struct Gateway {
     /// The first WebSocket listener.
@@ -151,7 +167,7 @@ pub async fn try_connect(
 }
 
 /// The next text frame (pings and pongs skipped).
-pub async fn recv_text(ws: &mut Ws) -> String {
+pub async fn recv_text<S: WsStream>(ws: &mut S) -> String {
     loop {
         let frame = tokio::time::timeout(WAIT, ws.next())
             .await
@@ -167,20 +183,20 @@ pub async fn recv_text(ws: &mut Ws) -> String {
 }
 
 /// The next text frame, parsed as JSON.
-pub async fn recv_json(ws: &mut Ws) -> Value {
+pub async fn recv_json<S: WsStream>(ws: &mut S) -> Value {
     let text = recv_text(ws).await;
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// Sends a text frame.
-pub async fn send_text(ws: &mut Ws, text: &str) {
+pub async fn send_text<S: WsStream>(ws: &mut S, text: &str) {
     ws.send(Message::Text(Utf8Bytes::from(text)))
         .await
         .expect("send");
 }
 
 /// Sends a JSON value as a text frame.
-pub async fn send_json(ws: &mut Ws, value: &Value) {
+pub async fn send_json<S: WsStream>(ws: &mut S, value: &Value) {
     send_text(ws, &value.to_string()).await;
 }
 
@@ -212,7 +228,7 @@ pub fn code(c: CloseCode) -> u16 {
 
 /// A `list` round trip: the names connected now. Because a session handles
 /// its frames in order, this also proves every earlier frame was handled.
-pub async fn list(ws: &mut Ws) -> Vec<String> {
+pub async fn list<S: WsStream>(ws: &mut S) -> Vec<String> {
     send_text(ws, r#"{"type":"list"}"#).await;
     let reply = recv_json(ws).await;
     assert_eq!(reply["type"], "list", "{reply}");

@@ -11,14 +11,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::{self, Message};
 use wssgate::client::{ClientStream, Io};
 use wssgate::tls::{ClientTls, ServerTrust};
 
@@ -91,28 +90,12 @@ pub fn refusal(result: Result<ClientStream, tungstenite::Error>) -> (u16, String
 
 /// Sends a JSON value as a text frame.
 pub async fn send(ws: &mut ClientStream, value: &Value) {
-    ws.send(Message::text(value.to_string()))
-        .await
-        .expect("send");
+    crate::common::send_json(ws, value).await;
 }
 
 /// The next text frame as JSON (pings and pongs skipped).
 pub async fn recv(ws: &mut ClientStream) -> Value {
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("stream open")
-            .expect("frame ok");
-        match frame {
-            Message::Text(text) => {
-                return serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-            }
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
+    crate::common::recv_json(ws).await
 }
 
 /// A `list` round trip: the names connected now (and proof that the
