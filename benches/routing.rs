@@ -1,10 +1,12 @@
 //! Micro-benchmarks of the per-message path without sockets: classifying a
 //! client frame, rewriting `src`, and routing through the router to bounded
-//! queues (private, room fan-out). `cargo bench --bench routing`.
+//! queues (private, room fan-out), with the router's lock and through a
+//! session's route cache (no lock), on one thread and on two at once.
+//! `cargo bench --bench routing`.
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tokio_tungstenite::tungstenite::Message;
@@ -15,7 +17,7 @@ use wssgate::identity::claim;
 use wssgate::metrics::Metrics;
 use wssgate::outbox::Outbox;
 use wssgate::protocol::{Request, classify};
-use wssgate::router::{ClientInfo, Router, RouterConfig, SessionHandle};
+use wssgate::router::{ClientInfo, RouteCache, Router, RouterConfig, SessionHandle};
 
 const PRIVATE: &str =
     r#"{"src":"C1","dst":"C2","msg":"hello, this is an eighty byte chat message.."}"#;
@@ -85,6 +87,28 @@ fn routing(c: &mut Criterion) {
         // Keep the queue from filling: drain what was routed.
         while receivers[42].1.try_pop().is_some() {}
     });
+    let mut cache = RouteCache::default();
+    g.bench_function("private to one of 100 (route cache)", |b| {
+        b.iter_batched(
+            || (),
+            |()| r.send_to_name_cached(&mut cache, black_box("c42"), || Message::text(PRIVATE)),
+            BatchSize::SmallInput,
+        );
+        while receivers[42].1.try_pop().is_some() {}
+    });
+    // Two threads routing at once, each to its own receiver: with the lock
+    // they share its reader count; with caches they share nothing global.
+    for cached in [false, true] {
+        let name = if cached {
+            "private, 2 threads at once (route cache)"
+        } else {
+            "private, 2 threads at once (lock)"
+        };
+        g.throughput(Throughput::Elements(2));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| two_threads(&r, &receivers, iters, cached))
+        });
+    }
     g.finish();
 
     let r = router();
@@ -110,6 +134,39 @@ fn routing(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// Time for two threads to route `iters` private messages each (to c1 and
+/// c2), draining their receivers every 1,000 messages.
+fn two_threads(
+    r: &Router,
+    receivers: &[(Arc<SessionHandle>, Arc<Outbox>)],
+    iters: u64,
+    cached: bool,
+) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for dst in ["c1", "c2"] {
+            let rx = &receivers[if dst == "c1" { 1 } else { 2 }].1;
+            s.spawn(move || {
+                let mut cache = RouteCache::default();
+                for i in 0..iters {
+                    if cached {
+                        r.send_to_name_cached(&mut cache, black_box(dst), || {
+                            Message::text(PRIVATE)
+                        });
+                    } else {
+                        r.send_to_name(black_box(dst), || Message::text(PRIVATE));
+                    }
+                    if i % 1000 == 999 {
+                        while rx.try_pop().is_some() {}
+                    }
+                }
+                while rx.try_pop().is_some() {}
+            });
+        }
+    });
+    start.elapsed()
 }
 
 criterion_group!(benches, classification, routing);

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::SystemTime;
 
 use crate::outbox::{Outbox, PushError};
@@ -142,6 +142,61 @@ impl SessionHandle {
     }
 }
 
+/// Most private destinations one session remembers.
+const CACHED_NAMES: usize = 8;
+/// Most rooms one session remembers.
+const CACHED_ROOMS: usize = 4;
+
+/// A remembered destination (a name or a room) and the sessions it reached.
+type Route = (Box<str>, Box<[Weak<SessionHandle>]>);
+
+/// Where one session's recent messages went, so that the hot path takes no
+/// lock: a message to a remembered name or room is delivered from here while
+/// the router's generation is the one the entry was filled at. The router
+/// bumps its generation whenever it takes its write lock (admit, remove,
+/// rename, join, leave), so an entry is never used across a change of the
+/// routing table; a message racing a change is ordered before it, like one
+/// that took the read lock first. Sessions are held weakly: a cache never
+/// keeps a gone session's queue alive. Owned by the session task; empty (no
+/// allocation) until the session sends.
+#[derive(Default)]
+pub struct RouteCache {
+    generation: u64,
+    names: Vec<Route>,
+    rooms: Vec<Route>,
+}
+
+impl RouteCache {
+    /// Forgets everything if the routing table changed since it was filled.
+    fn check(&mut self, generation: u64) {
+        if self.generation != generation {
+            self.names.clear();
+            self.rooms.clear();
+            self.generation = generation;
+        }
+    }
+
+    fn find<'c>(entries: &'c [Route], key: &str) -> Option<&'c [Weak<SessionHandle>]> {
+        entries
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, targets)| &**targets)
+    }
+
+    /// Adds an entry, dropping the oldest when `limit` are held.
+    fn remember<'s>(
+        entries: &mut Vec<Route>,
+        limit: usize,
+        key: &str,
+        targets: impl Iterator<Item = &'s Arc<SessionHandle>>,
+    ) {
+        if entries.len() >= limit {
+            entries.remove(0);
+        }
+        entries.push((key.into(), targets.map(Arc::downgrade).collect()));
+    }
+}
+
 /// Policies the router applies.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
@@ -167,6 +222,8 @@ struct State {
 pub struct Router {
     config: RouterConfig,
     state: RwLock<State>,
+    /// Bumped on every write lock: see [`RouteCache`].
+    generation: AtomicU64,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
     events: Events,
@@ -178,6 +235,7 @@ impl Router {
         Router {
             config,
             state: RwLock::default(),
+            generation: AtomicU64::new(1),
             next_id: AtomicU64::new(1),
             metrics,
             events,
@@ -306,6 +364,55 @@ impl Router {
         self.deliver_all(state.lookup(dst).iter(), frame)
     }
 
+    /// [`Router::send_to_name`] through the sender's [`RouteCache`]: no lock
+    /// when `dst` is remembered and nothing changed since.
+    pub fn send_to_name_cached(
+        &self,
+        cache: &mut RouteCache,
+        dst: &str,
+        frame: impl FnOnce() -> Message,
+    ) -> Delivery {
+        cache.check(self.generation.load(Ordering::Acquire));
+        if let Some(targets) = RouteCache::find(&cache.names, dst) {
+            return self.deliver_weak(targets, frame);
+        }
+        let state = self.read();
+        cache.check(self.generation.load(Ordering::Acquire));
+        let targets = state.lookup(dst);
+        RouteCache::remember(&mut cache.names, CACHED_NAMES, dst, targets.iter());
+        self.deliver_all(targets.iter(), frame)
+    }
+
+    /// [`Router::send_to_room`] through the sender's [`RouteCache`].
+    pub fn send_to_room_cached(
+        &self,
+        cache: &mut RouteCache,
+        from: &SessionHandle,
+        room: &str,
+        frame: impl FnOnce() -> Message,
+    ) -> Result<Delivery, RoomError> {
+        cache.check(self.generation.load(Ordering::Acquire));
+        if let Some(targets) = RouteCache::find(&cache.rooms, room) {
+            return Ok(self.deliver_weak(targets, frame));
+        }
+        let state = self.read();
+        cache.check(self.generation.load(Ordering::Acquire));
+        let members = state.members(from, room)?;
+        let others = || members.values().filter(|m| m.id != from.id);
+        RouteCache::remember(&mut cache.rooms, CACHED_ROOMS, room, others());
+        Ok(self.deliver_all(others(), frame))
+    }
+
+    /// Delivers to remembered sessions; one already gone (it ended after
+    /// the generation was read) is not counted as a target.
+    fn deliver_weak(
+        &self,
+        targets: &[Weak<SessionHandle>],
+        frame: impl FnOnce() -> Message,
+    ) -> Delivery {
+        self.deliver_all(targets.iter().filter_map(Weak::upgrade), frame)
+    }
+
     /// Delivers a frame to every member of `room` but `from`.
     pub fn send_to_room(
         &self,
@@ -314,17 +421,13 @@ impl Router {
         frame: impl FnOnce() -> Message,
     ) -> Result<Delivery, RoomError> {
         let state = self.read();
-        let members = state
-            .rooms
-            .get(room)
-            .filter(|m| m.contains_key(&from.id))
-            .ok_or_else(|| RoomError::NotMember(room.to_owned()))?;
+        let members = state.members(from, room)?;
         Ok(self.deliver_all(members.values().filter(|m| m.id != from.id), frame))
     }
 
-    fn deliver_all<'s>(
+    fn deliver_all<T: AsRef<SessionHandle>>(
         &self,
-        targets: impl Iterator<Item = &'s Arc<SessionHandle>>,
+        targets: impl Iterator<Item = T>,
         frame: impl FnOnce() -> Message,
     ) -> Delivery {
         let mut targets = targets.peekable();
@@ -335,7 +438,7 @@ impl Router {
         let frame = frame();
         for target in targets {
             delivery.targets += 1;
-            delivery.queued += usize::from(target.deliver(frame.clone(), self));
+            delivery.queued += usize::from(target.as_ref().deliver(frame.clone(), self));
         }
         delivery
     }
@@ -422,12 +525,25 @@ impl Router {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The write lock; taking it invalidates every [`RouteCache`] (the
+    /// generation moves while no reader can look, so a cache filled under
+    /// the read lock always carries the generation of what it saw).
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        let state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        state
     }
 }
 
 impl State {
+    /// The members of `room`, if `from` is one of them.
+    fn members(&self, from: &SessionHandle, room: &str) -> Result<&Members, RoomError> {
+        self.rooms
+            .get(room)
+            .filter(|m| m.contains_key(&from.id))
+            .ok_or_else(|| RoomError::NotMember(room.to_owned()))
+    }
+
     /// The sessions a message to `dst` reaches.
     fn lookup(&self, dst: &str) -> &[Arc<SessionHandle>] {
         if let Some(sessions) = self.names.get(dst) {
@@ -564,6 +680,72 @@ mod tests {
         assert_eq!(a1.texts(), ["x"]);
         assert_eq!(a2.texts(), ["x"]);
         assert_eq!(r.names(None), ["a"]);
+    }
+
+    #[test]
+    fn route_cache_follows_every_change_of_the_table() {
+        let r = router(DuplicatePolicy::Reject);
+        let mut cache = RouteCache::default();
+        let a = connect(&r, "a", 8).unwrap();
+        let mut send = |dst: &str| r.send_to_name_cached(&mut cache, dst, || Message::text("x"));
+        assert_eq!(send("b").targets, 0, "unknown before b connects");
+        let mut b = connect(&r, "b", 8).unwrap();
+        assert_eq!(
+            send("b").queued,
+            1,
+            "admitting b invalidates the cached miss"
+        );
+        assert_eq!(send("b").queued, 1, "served from the cache");
+        assert_eq!(b.texts(), ["x", "x"]);
+        let strong = Arc::strong_count(&b.handle);
+        r.remove(&b.handle);
+        assert_eq!(send("b").targets, 0, "removal invalidates the cached hit");
+        let mut b2 = connect(&r, "b", 8).unwrap();
+        assert_eq!(send("b").queued, 1);
+        assert_eq!(b2.texts(), ["x"]);
+        assert!(b.texts().is_empty(), "the old session gets nothing");
+        assert!(
+            Arc::strong_count(&b.handle) < strong,
+            "caches hold sessions weakly"
+        );
+
+        // Rooms: a join, a leave and a member that ends are all seen.
+        let mut c = connect(&r, "c", 8).unwrap();
+        r.join(&a.handle, "#r").unwrap();
+        let room = |cache: &mut RouteCache| {
+            r.send_to_room_cached(cache, &a.handle, "#r", || Message::text("y"))
+        };
+        assert_eq!(room(&mut cache).map(|d| d.targets), Ok(0));
+        r.join(&c.handle, "#r").unwrap();
+        assert_eq!(room(&mut cache).map(|d| d.queued), Ok(1));
+        assert_eq!(room(&mut cache).map(|d| d.queued), Ok(1));
+        assert_eq!(c.texts(), ["y", "y"]);
+        r.leave(&c.handle, "#r");
+        assert_eq!(room(&mut cache).map(|d| d.targets), Ok(0));
+        r.leave(&a.handle, "#r");
+        assert_eq!(room(&mut cache), Err(RoomError::NotMember("#r".into())));
+        assert!(c.texts().is_empty());
+    }
+
+    #[test]
+    fn route_cache_sees_a_provisional_name_replaced() {
+        let r = router(DuplicatePolicy::Reject);
+        let mut cache = RouteCache::default();
+        let _a = connect(&r, "a", 8).unwrap();
+        // A Qt client named "C我" shows up as "C?" until its JSON says more.
+        let mut c = connect(&r, "C?", 8).unwrap();
+        let mut send = |dst: &str| r.send_to_name_cached(&mut cache, dst, || Message::text("x"));
+        assert_eq!(send("C?").queued, 1, "the provisional name, cached");
+        assert_eq!(send("C我").queued, 1, "the provisional session is reached");
+        assert_eq!(
+            r.claim_full_name(&c.handle, "C我")
+                .as_ref()
+                .map(|n| n.as_str()),
+            Some("C我")
+        );
+        assert_eq!(send("C?").targets, 0, "the provisional name is gone");
+        assert_eq!(send("C我").queued, 1);
+        assert_eq!(c.texts(), ["x", "x", "x"]);
     }
 
     #[test]

@@ -23,7 +23,9 @@ use crate::events::Event;
 use crate::identity::ClientName;
 use crate::metrics::{ErrorKind, RouteKind};
 use crate::protocol::{self, Envelope, Forward, Notice, Request};
-use crate::router::{CLOSE_REPLACED, CLOSE_SLOW_CONSUMER, Delivery, Router, SessionHandle};
+use crate::router::{
+    CLOSE_REPLACED, CLOSE_SLOW_CONSUMER, Delivery, RouteCache, Router, SessionHandle,
+};
 use serde_json::value::RawValue;
 
 /// Frames written per flush at most, so one busy queue cannot starve reading.
@@ -67,6 +69,7 @@ pub async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let counters = Counters::new(&router);
+    let mut routes = RouteCache::default();
     let mut ping =
         tokio::time::interval_at(Instant::now() + timers.ping_interval, timers.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -94,7 +97,7 @@ pub async fn run<S>(
                 heard = true;
                 let Some(frame) = frame else { break End::Gone("connection closed without a close frame".into()) };
                 match frame {
-                    Ok(Message::Text(text)) => on_text(&router, &handle, &counters, text),
+                    Ok(Message::Text(text)) => on_text(&router, &handle, &counters, &mut routes, text),
                     Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, &data),
                     Ok(Message::Ping(_)) => {
                         // tungstenite queued the pong; send it now.
@@ -329,12 +332,19 @@ impl Counters {
     }
 }
 
-fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, text: Utf8Bytes) {
+fn on_text(
+    router: &Router,
+    handle: &Arc<SessionHandle>,
+    counters: &Counters,
+    routes: &mut RouteCache,
+    text: Utf8Bytes,
+) {
     match protocol::classify(&text) {
         Request::Private(mut envelope) => {
             let name = sender_name(router, handle, &envelope);
             let dst = std::mem::take(&mut envelope.dst);
-            let delivery = router.send_to_name(&dst, || forward(&envelope, &name, &text));
+            let delivery =
+                router.send_to_name_cached(routes, &dst, || forward(&envelope, &name, &text));
             let failure = match delivery {
                 Delivery { targets: 0, .. } => {
                     Some((ErrorKind::unknown_recipient, "recipient not connected"))
@@ -357,7 +367,8 @@ fn on_text(router: &Router, handle: &Arc<SessionHandle>, counters: &Counters, te
         Request::Room(mut envelope) => {
             let name = sender_name(router, handle, &envelope);
             let room = std::mem::take(&mut envelope.dst);
-            let delivery = router.send_to_room(handle, &room, || forward(&envelope, &name, &text));
+            let delivery = router
+                .send_to_room_cached(routes, handle, &room, || forward(&envelope, &name, &text));
             match delivery {
                 Ok(_) => {
                     counters.room.inc();
