@@ -7,6 +7,7 @@
 //! - [`conn`]: dialing (source addresses, TLS) and the client side of the upgrade.
 //! - [`frame`]: the hot path's framing: masked frames, parsing, timestamp templates.
 //! - [`stats`]: latency summaries, CPU time and RSS from `/proc`, progress, open files.
+//! - [`pace`]: the open-loop schedule of `pairs --rate` (sub-millisecond spacing).
 //! - [`pairs`], [`fanout`], [`idle`], [`connect`]: the scenarios.
 //!
 //! Every scenario is bounded: it opens at most [`options::MAX_CONNECTIONS`],
@@ -20,6 +21,7 @@ pub mod fanout;
 pub mod frame;
 pub mod idle;
 pub mod options;
+pub mod pace;
 pub mod pairs;
 pub mod stats;
 

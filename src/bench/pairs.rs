@@ -3,9 +3,10 @@
 //! measures delivered messages per second and latency (the send time rides
 //! in the message as nanoseconds since the run's epoch).
 //!
-//! With `--rate R` the load is open-loop instead: each connection sends
-//! R/N messages a second on a timer (staggered across connections) whatever
-//! comes back, to read latency at a chosen fraction of a server's maximum.
+//! With `--rate R` the load is open-loop instead: R messages a second in
+//! total, evenly spaced and dealt round-robin to the connections whatever
+//! comes back ([`super::pace`]), each stamped with its scheduled send time,
+//! to read latency at a chosen fraction of a server's maximum.
 //!
 //! The hot path per connection: one read, every complete frame in it
 //! handled (latencies noted in a reused vector), one reply per message
@@ -28,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use super::conn::{self, Stream};
 use super::frame::{self, Masker, Reader, Template};
 use super::options::{Framing, PairsArgs};
+use super::pace::Clock;
 use super::stats::{self, Latency};
 use super::{Figures, Outcome, Run};
 
@@ -37,8 +39,6 @@ const READ_BUFFER: usize = 4 * 1024;
 const MAX_IN_FLIGHT: usize = 10_000;
 /// Highest `--rate` (messages a second in total).
 const MAX_RATE: f64 = 10_000_000.0;
-/// The shortest pacing tick; a faster pace sends several messages a tick.
-const MIN_TICK: Duration = Duration::from_millis(1);
 /// Time the connections get to close politely at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Time the tasks get to return after the stop, before they are aborted.
@@ -96,9 +96,8 @@ struct Plan {
     window: (u64, u64),
     shard: Arc<Mutex<Histogram<u64>>>,
     in_flight: usize,
-    /// Open loop: messages a second this connection sends, and its place
-    /// (0..1) in the stagger of first ticks.
-    pace: Option<(f64, f64)>,
+    /// Open loop: the run's schedule.
+    pace: Option<Arc<Clock>>,
 }
 
 /// Runs `pairs`.
@@ -134,6 +133,10 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
     let shards: Vec<_> = (0..run.common.threads)
         .map(|_| Arc::new(Mutex::new(stats::histogram())))
         .collect();
+    let clock = match args.rate {
+        Some(rate) => Some(Clock::start(run, n, rate)?),
+        None => None,
+    };
     let start_ns = run.now_ns() + run.common.warmup.as_nanos() as u64;
     let end_ns = start_ns + run.common.duration.as_nanos() as u64;
     let mut tasks = JoinSet::new();
@@ -142,7 +145,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
             window: (start_ns, end_ns),
             shard: shards[i % shards.len()].clone(),
             in_flight: args.in_flight,
-            pace: args.rate.map(|rate| (rate / n as f64, i as f64 / n as f64)),
+            pace: clock.clone(),
         };
         let run = run.clone();
         match args.framing {
@@ -217,8 +220,9 @@ async fn peer_raw(
     let mut out = Vec::with_capacity(template.frame_len() * (plan.in_flight + 1));
     let mut latencies = Vec::with_capacity(plan.in_flight * 2);
     let now = run.now_ns();
-    let mut pacer = plan.pace.map(|(per_s, stagger)| Pacer::new(per_s, stagger));
-    if pacer.is_none() {
+    // Open loop: messages sent so far (the schedule says when each is due).
+    let mut paced = 0u64;
+    if plan.pace.is_none() {
         for _ in 0..plan.in_flight {
             template.append(&mut out, now, 0, masker.next_key());
         }
@@ -245,10 +249,13 @@ async fn peer_raw(
             biased;
             _ = run.stop.cancelled() => break true,
             read = reader.fill(&mut stream) => read,
-            due = Pacer::due(&mut pacer) => {
-                let now = run.now_ns();
-                for _ in 0..due {
-                    template.append(&mut out, now, 0, masker.next_key());
+            due = due(plan.pace.as_deref(), index, paced) => {
+                if let Some(clock) = &plan.pace {
+                    for _ in 0..due {
+                        let at = clock.scheduled_ns(index, paced);
+                        template.append(&mut out, at, 0, masker.next_key());
+                        paced += 1;
+                    }
                 }
                 continue;
             }
@@ -293,7 +300,7 @@ async fn peer_raw(
         }
         reader.compact();
         record(&run, &plan, &mut latencies, got);
-        if pacer.is_none() {
+        if plan.pace.is_none() {
             for _ in 0..got {
                 template.append(&mut out, now, 0, masker.next_key());
             }
@@ -397,41 +404,11 @@ async fn peer_tungstenite(
     .await;
 }
 
-/// Open-loop sending for `--rate`: how many messages are due at each tick.
-struct Pacer {
-    tick: tokio::time::Interval,
-    begin: tokio::time::Instant,
-    per_s: f64,
-    sent: u64,
-}
-
-impl Pacer {
-    /// `per_s` messages a second from now; the first tick comes `stagger`
-    /// (0..1) of a period late, so that connections do not send in step.
-    fn new(per_s: f64, stagger: f64) -> Pacer {
-        let period = Duration::from_secs_f64(1.0 / per_s).max(MIN_TICK);
-        let begin = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval_at(begin + period.mul_f64(stagger), period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Pacer {
-            tick,
-            begin,
-            per_s,
-            sent: 0,
-        }
-    }
-
-    /// Waits for the next tick and returns the messages due by then (the
-    /// rate holds on average whatever the tick). Without a pacer (closed
-    /// loop) it never returns. Cancel-safe.
-    async fn due(pacer: &mut Option<Pacer>) -> u64 {
-        let Some(p) = pacer else {
-            return std::future::pending().await;
-        };
-        p.tick.tick().await;
-        let due = (p.begin.elapsed().as_secs_f64() * p.per_s) as u64;
-        let n = due.saturating_sub(p.sent);
-        p.sent = p.sent.max(due);
-        n
+/// Open loop: waits for this connection's next due messages; closed loop:
+/// never returns. Cancel-safe.
+async fn due(clock: Option<&Clock>, index: usize, sent: u64) -> u64 {
+    match clock {
+        Some(clock) => clock.due(index, sent).await,
+        None => std::future::pending().await,
     }
 }
