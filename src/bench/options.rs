@@ -108,11 +108,15 @@ pub struct PairsArgs {
     /// Frame size in bytes, header included (the msg field is padded to it).
     #[arg(long, default_value_t = 80)]
     pub size: usize,
-    /// Open loop: send this many messages a second in total (R/N per
-    /// connection, on a timer) instead of keeping -k in flight; for latency
-    /// at a chosen load, e.g. half of a server's maximum.
+    /// Open loop: send this many messages a second in total, evenly spaced
+    /// and dealt round-robin to the connections, instead of keeping -k in
+    /// flight; for latency at a chosen load, e.g. half of a server's maximum.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop: messages a connection sends together (one write), the
+    /// bursts still evenly spaced; like -k, it lets both ends batch.
+    #[arg(long, default_value_t = 1)]
+    pub burst: u64,
     /// Framing of the hot path: the hand-rolled one, or tungstenite's
     /// WebSocketStream with feed + flush (kept to compare the two).
     #[arg(long, value_enum, default_value = "raw")]

@@ -53,6 +53,8 @@ pub struct PairsFigures {
     pub in_flight: Option<usize>,
     /// Messages per second sent in total (open loop, `--rate`).
     pub rate: Option<f64>,
+    /// Messages per write in the open loop (`--burst`).
+    pub burst: Option<u64>,
     /// Bytes per client frame.
     pub frame_bytes: usize,
     /// `raw` or `tungstenite`.
@@ -68,7 +70,12 @@ pub struct PairsFigures {
 impl std::fmt::Display for PairsFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.in_flight, self.rate) {
-            (_, Some(rate)) => write!(f, "{} connections, {rate} msgs/s sent", self.connections)?,
+            (_, Some(rate)) => write!(
+                f,
+                "{} connections, {rate} msgs/s sent in bursts of {}",
+                self.connections,
+                self.burst.unwrap_or(1)
+            )?,
             (k, None) => write!(
                 f,
                 "{} connections, {} in flight each",
@@ -117,6 +124,10 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
             "--rate must be above 0 and at most {MAX_RATE}"
         );
         anyhow::ensure!(args.framing == Framing::Raw, "--rate needs the raw framing");
+        anyhow::ensure!(
+            (1..=MAX_IN_FLIGHT as u64).contains(&args.burst),
+            "--burst must be 1..={MAX_IN_FLIGHT}"
+        );
     }
     let templates = (0..n)
         .map(|i| Template::new(&run.name(i ^ 1), args.size, false))
@@ -134,7 +145,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
         .map(|_| Arc::new(Mutex::new(stats::histogram())))
         .collect();
     let clock = match args.rate {
-        Some(rate) => Some(Clock::start(run, n, rate)?),
+        Some(rate) => Some(Clock::start(run, n, rate, args.burst)?),
         None => None,
     };
     let start_ns = run.now_ns() + run.common.warmup.as_nanos() as u64;
@@ -178,6 +189,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
         connections: n,
         in_flight: args.rate.is_none().then_some(args.in_flight),
         rate: args.rate,
+        burst: args.rate.map(|_| args.burst),
         frame_bytes,
         framing: match args.framing {
             Framing::Raw => "raw",
