@@ -8,6 +8,8 @@
 //! - [`frame`]: the hot path's framing: masked frames, parsing, timestamp templates.
 //! - [`stats`]: latency summaries, CPU time and RSS from `/proc`, progress, open files.
 //! - [`pairs`], [`fanout`], [`idle`], [`connect`]: the scenarios.
+//! - [`stalled`]: `pairs --stalled`: clients that never read, the feeder
+//!   that keeps their queues full, their reconnects, the server's RSS.
 //!
 //! Every scenario is bounded: it opens at most [`options::MAX_CONNECTIONS`],
 //! runs for `--warmup` plus `--duration` (each at most
@@ -21,6 +23,7 @@ pub mod frame;
 pub mod idle;
 pub mod options;
 pub mod pairs;
+pub mod stalled;
 pub mod stats;
 
 use std::sync::Arc;
