@@ -9,6 +9,8 @@
 //! - [`stats`]: latency summaries, CPU time and RSS from `/proc`, progress, open files.
 //! - [`pace`]: the open-loop schedule of `pairs --rate` (sub-millisecond spacing).
 //! - [`pairs`], [`fanout`], [`idle`], [`connect`]: the scenarios.
+//! - [`stalled`]: `pairs --stalled`: clients that never read, the feeder
+//!   that keeps their queues full, their reconnects, the server's RSS.
 //!
 //! Every scenario is bounded: it opens at most [`options::MAX_CONNECTIONS`],
 //! runs for `--warmup` plus `--duration` (each at most
@@ -23,6 +25,7 @@ pub mod idle;
 pub mod options;
 pub mod pace;
 pub mod pairs;
+pub mod stalled;
 pub mod stats;
 
 use std::sync::Arc;

@@ -10,9 +10,14 @@ use wssgate::certgen::{GenCerts, KeyType, files, gen_certs};
 /// Runs `wssgate-bench ARGS` in this test's runtime: one second measured,
 /// a short warm-up, no progress line.
 async fn bench(args: &[&str]) -> Report {
+    bench_for(args, "1s").await
+}
+
+/// [`bench`] with `duration` measured.
+async fn bench_for(args: &[&str], duration: &str) -> Report {
     let mut argv = vec!["wssgate-bench"];
     argv.extend_from_slice(args);
-    argv.extend_from_slice(&["--duration", "1s", "--warmup", "200ms", "--quiet"]);
+    argv.extend_from_slice(&["--duration", duration, "--warmup", "200ms", "--quiet"]);
     let opts = Options::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     let report = bench::run(&opts).await.expect("the run succeeds");
     // Whatever it measured, the JSON line must be there for scripts.
@@ -61,6 +66,10 @@ async fn pairs_delivers_and_orders_latencies() {
         assert_ordered(&p.latency, &report);
         assert_eq!(report.errors, 0, "{report}");
         assert_eq!(p.in_flight, Some(2));
+        // Without --stalled, no stalled figures, not even as nulls.
+        assert!(p.stalled.is_none(), "{report}");
+        let json = serde_json::to_value(&report).expect("a report serializes");
+        assert!(json.get("stalled").is_none(), "{json}");
         let server = report.server.as_ref().expect("--pid given");
         assert!(
             server
@@ -70,6 +79,61 @@ async fn pairs_delivers_and_orders_latencies() {
             "{report}"
         );
     }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn pairs_with_a_client_that_never_reads() {
+    // A small queue: the stalled client's queue fills (after the socket
+    // buffers) within the run, the gateway closes it with 1013, the load
+    // generator sees that and reconnects it under the same name.
+    let gw = common::start("[limits]\noutbound_queue = 4\n").await;
+    let pid = std::process::id().to_string();
+    let report = bench_for(
+        &[
+            "pairs",
+            "--url",
+            &gw.url("/"),
+            "-n",
+            "4",
+            "-k",
+            "2",
+            "--stalled",
+            "1",
+            "--stalled-rate",
+            "500",
+            "--pid",
+            &pid,
+        ],
+        "2s",
+    )
+    .await;
+    let Figures::Pairs(p) = &report.figures else {
+        panic!("{report}")
+    };
+    assert!(p.messages > 0, "{report}");
+    assert_eq!(report.errors, 0, "{report}");
+    let s = p.stalled.as_ref().expect("--stalled 1 reports its figures");
+    assert_eq!((s.clients, s.frame_bytes), (1, 60_000), "{report}");
+    assert!(s.feeder_sent > 0, "{report}");
+    assert!(s.closed_by_server >= 1, "{report}");
+    assert!(s.reconnects >= 1, "{report}");
+    assert!(
+        s.not_connected >= 1 && s.notices >= s.not_connected,
+        "{report}"
+    );
+    let rss = s.server_rss.as_ref().expect("--pid given");
+    assert!(
+        rss.samples >= 2 && rss.first > 0 && rss.max >= rss.last,
+        "{report}"
+    );
+    let json = serde_json::to_value(&report).expect("a report serializes");
+    assert_eq!(json["stalled"]["closed_by_server"], s.closed_by_server);
+    assert!(json["stalled"]["server_rss"]["max"].is_u64());
+    // Every close the load generator saw was the gateway's full-queue close.
+    let m = common::metrics(&gw).await;
+    let slow = common::metric(&m, r#"wssgate_errors_total{kind="slow_consumer"}"#);
+    assert!(slow >= s.closed_by_server as f64, "{slow}: {report}");
     gw.stop().await;
 }
 
@@ -193,6 +257,10 @@ async fn refuses_what_it_cannot_bound_or_reach() {
         &["pairs", "--size", "20"],
         &["idle", "--duration", "2h"],
         &["fanout", "--room", "nohash"],
+        &["pairs", "--stalled", "1", "--stalled-size", "70000"],
+        &["pairs", "--stalled", "1", "--stalled-size", "40"],
+        &["pairs", "--stalled", "1", "--stalled-rate", "0"],
+        &["pairs", "--stalled", "5000"],
     ] {
         let mut argv = vec!["wssgate-bench"];
         argv.extend_from_slice(args);

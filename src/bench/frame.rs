@@ -53,6 +53,17 @@ pub fn client_header_len(len: usize) -> usize {
     }
 }
 
+/// The payload length that makes a client frame `size` bytes, header
+/// included; at the two sizes where the header grows past the target, the
+/// frame is a byte or two short.
+pub fn payload_len_for(size: usize) -> usize {
+    [6, 8, 14]
+        .into_iter()
+        .map(|h| size.saturating_sub(h))
+        .find(|&p| client_header_len(p) + p == size)
+        .unwrap_or_else(|| size.saturating_sub(8))
+}
+
 /// Appends a masked client frame with `payload`.
 pub fn append_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
     append_header(out, opcode, payload.len(), mask);
@@ -131,13 +142,7 @@ impl Template {
         let digits = TS_DIGITS + if with_seq { SEQ_DIGITS } else { 0 };
         let tail = "\"}";
         let minimum = head.len() + digits + tail.len();
-        // The payload that makes header + payload = size; at the two sizes
-        // where the header grows past the target, the frame is a byte or two short.
-        let payload_len = [6, 8, 14]
-            .into_iter()
-            .map(|h| size.saturating_sub(h))
-            .find(|&p| client_header_len(p) + p == size)
-            .unwrap_or_else(|| size.saturating_sub(8));
+        let payload_len = payload_len_for(size);
         anyhow::ensure!(
             payload_len >= minimum,
             "--size {size} is too small: a frame for {dst:?} needs at least {} bytes",

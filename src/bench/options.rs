@@ -66,7 +66,7 @@ pub struct Common {
     #[arg(long, short)]
     pub quiet: bool,
     /// The server's process id: its CPU time in the window (all scenarios)
-    /// and its RSS (idle), read from /proc.
+    /// and its RSS (idle, and pairs with --stalled), read from /proc.
     #[arg(long)]
     pub pid: Option<u32>,
     /// Trust only this CA for wss (e.g. certs/ca.pem from `wssgate gen-certs`);
@@ -121,6 +121,20 @@ pub struct PairsArgs {
     /// WebSocketStream with feed + flush (kept to compare the two).
     #[arg(long, value_enum, default_value = "raw")]
     pub framing: Framing,
+    /// Slow consumers alongside the pairs: this many more clients complete
+    /// the upgrade and never read a byte, and one feeder connection sends
+    /// them private messages; a stalled client the server closes reconnects
+    /// under its name and stalls again (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
+    /// Bytes per feeder frame, header included (at most 65536, the
+    /// gateway's default max_message_size).
+    #[arg(long, default_value_t = 60_000)]
+    pub stalled_size: usize,
+    /// Messages a second the feeder sends in total, round-robin over the
+    /// stalled clients.
+    #[arg(long, default_value_t = 200.0)]
+    pub stalled_rate: f64,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -197,7 +211,9 @@ impl Options {
     /// Connections open at once at most.
     pub fn connections(&self) -> usize {
         match &self.scenario {
-            Scenario::Pairs(a) => a.connections,
+            Scenario::Pairs(a) => a
+                .connections
+                .saturating_add(super::stalled::extra_connections(a.stalled)),
             Scenario::Fanout(a) => a.connections + 1,
             Scenario::Idle(a) => a.connections,
             Scenario::Connect(a) => a.concurrency,

@@ -30,6 +30,7 @@ use super::conn::{self, Stream};
 use super::frame::{self, Masker, Reader, Template};
 use super::options::{Framing, PairsArgs};
 use super::pace::Clock;
+use super::stalled::{self, StalledFigures};
 use super::stats::{self, Latency};
 use super::{Figures, Outcome, Run};
 
@@ -65,6 +66,9 @@ pub struct PairsFigures {
     pub msgs_per_s: f64,
     /// Send-to-receive latency of the messages delivered in the window.
     pub latency: Latency,
+    /// The never-reading clients and their feeder (`--stalled`); absent without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<StalledFigures>,
 }
 
 impl std::fmt::Display for PairsFigures {
@@ -93,7 +97,11 @@ impl std::fmt::Display for PairsFigures {
             "delivered: {} messages, {:.0} msgs/s",
             self.messages, self.msgs_per_s
         )?;
-        writeln!(f, "latency: {}", self.latency)
+        writeln!(f, "latency: {}", self.latency)?;
+        match &self.stalled {
+            Some(s) => write!(f, "{s}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -133,6 +141,8 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
         .map(|i| Template::new(&run.name(i ^ 1), args.size, false))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let frame_bytes = templates[0].frame_len();
+    // --stalled: slow consumers and their feeder, pressing from the start.
+    let mut stalled = stalled::start(run, args, n).await?;
     let open = conn::open_all(run, 0..n, READ_BUFFER, false).await;
     if open.len() < n {
         anyhow::bail!(
@@ -150,6 +160,9 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
     };
     let start_ns = run.now_ns() + run.common.warmup.as_nanos() as u64;
     let end_ns = start_ns + run.common.duration.as_nanos() as u64;
+    if let Some(s) = &mut stalled {
+        s.sample_rss((start_ns, end_ns));
+    }
     let mut tasks = JoinSet::new();
     for ((i, stream, reader), template) in open.into_iter().zip(templates) {
         let plan = Plan {
@@ -180,6 +193,10 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
     {
         tasks.abort_all();
     }
+    let stalled = match stalled {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
     let mut total = stats::histogram();
     for shard in &shards {
         total.add(&*shard.lock().unwrap_or_else(|p| p.into_inner()))?;
@@ -198,6 +215,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
         messages: total.len(),
         msgs_per_s: total.len() as f64 / window,
         latency: Latency::of(&total),
+        stalled,
     };
     Ok(Outcome {
         units: Some(figures.messages),
