@@ -135,6 +135,12 @@ pub struct PairsArgs {
     /// stalled clients.
     #[arg(long, default_value_t = 200.0)]
     pub stalled_rate: f64,
+    /// The control for --stalled: the same clients and feed, but the
+    /// clients read (and drop) everything, so that comparing the two runs
+    /// shows what a consumer's slowness costs the others, apart from the
+    /// work of the feed itself.
+    #[arg(long)]
+    pub stalled_reading: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -100,6 +100,8 @@ pub fn extra_connections(stalled: usize) -> usize {
 pub struct StalledFigures {
     /// Clients that never read (`--stalled`).
     pub clients: usize,
+    /// True for the control run (`--stalled-reading`): they read everything.
+    pub reading: bool,
     /// Bytes per feeder frame.
     pub frame_bytes: usize,
     /// Messages a second the feeder was asked to send, in total.
@@ -163,8 +165,16 @@ impl std::fmt::Display for StalledFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "stalled: {} client(s) that never read; feeder sent {} messages of {} bytes ({} msgs/s asked)",
-            self.clients, self.feeder_sent, self.frame_bytes, self.feeder_rate
+            "stalled: {} client(s) that {}; feeder sent {} messages of {} bytes ({} msgs/s asked)",
+            self.clients,
+            if self.reading {
+                "read everything (control run)"
+            } else {
+                "never read"
+            },
+            self.feeder_sent,
+            self.frame_bytes,
+            self.feeder_rate
         )?;
         write!(
             f,
@@ -227,6 +237,8 @@ struct Shared {
     too_slow: AtomicU64,
     not_connected: AtomicU64,
     rss: Mutex<Vec<u64>>,
+    /// `--stalled-reading`: the clients read and discard (the control run).
+    reading: bool,
 }
 
 /// The running stalled clients and feeder of a `pairs` run.
@@ -295,6 +307,7 @@ pub(crate) async fn start(
         too_slow: AtomicU64::new(0),
         not_connected: AtomicU64::new(0),
         rss: Mutex::new(Vec::new()),
+        reading: args.stalled_reading,
     });
     let opened: Vec<_> = futures_util::stream::iter(0..n)
         .map(|slot| {
@@ -395,6 +408,7 @@ impl Stalled {
         let (notice, socket) = (count(&s.seen_by_notice), count(&s.seen_by_socket));
         StalledFigures {
             clients: self.clients,
+            reading: s.reading,
             frame_bytes: self.frame_bytes,
             feeder_rate: self.rate,
             feeder_sent: count(&s.feeder_sent),
@@ -458,7 +472,17 @@ async fn stalled(
     let mut held = Some((stream, since));
     let mut last_attempt = Instant::now();
     loop {
-        if let Some((stream, since)) = held.take() {
+        if let Some((mut stream, since)) = held.take() {
+            if shared.reading {
+                // The control run: the same feed to a consumer that keeps up.
+                tokio::select! {
+                    biased;
+                    _ = run.stop.cancelled() => return,
+                    () = discard(&mut stream) => {}
+                }
+                shared.seen_by_socket.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let seen = tokio::select! {
                 biased;
                 _ = run.stop.cancelled() => return,
@@ -495,6 +519,16 @@ async fn stalled(
                     .unwrap_or_else(|p| p.into_inner());
                 first.get_or_insert_with(|| format!("{e:#}"));
             }
+        }
+    }
+}
+
+/// Reads and drops everything until the connection ends.
+async fn discard(stream: &mut Stream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
         }
     }
 }
