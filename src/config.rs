@@ -70,6 +70,19 @@ pub struct Config {
     /// TLS settings shared by all listeners.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// How the runtime waits for traffic.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// The `[runtime]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Keep one worker polling for this long after traffic instead of
+    /// parking (lower latency at low load, for CPU); absent: off. See
+    /// [`crate::busypoll`].
+    pub busy_poll: Option<ConfigDuration>,
 }
 
 /// The `[tls]` table.
@@ -628,6 +641,8 @@ mod tests {
                 "unknown variant",
             ),
             ("\n[limits]\nmax_mesage_size = 10\n", 3, "unknown field"),
+            ("[runtime]\nbusy_poll = \"soon\"\n", 2, "invalid duration"),
+            ("[runtime]\nbusy_pol = \"1ms\"\n", 2, "unknown field"),
             (
                 "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npath = \"chat\"\n",
                 4,

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin;
+use crate::busypoll::BusyPoll;
 use crate::certgen;
 use crate::config::{Config, DEFAULT_MAX_REQUEST_HEAD, LimitsConfig, ListenerConfig};
 use crate::events::{Event, Events};
@@ -100,6 +101,8 @@ pub(crate) struct Shared {
     /// Cancelled when shutdown begins: stop accepting, close sessions.
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// `[runtime] busy_poll`: the spinner sessions touch.
+    busy_poll: Option<Arc<BusyPoll>>,
 }
 
 /// One listener's identity, shared by its connections.
@@ -153,6 +156,10 @@ impl Server {
             ws_config,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            busy_poll: config
+                .runtime
+                .busy_poll
+                .map(|window| Arc::new(BusyPoll::new(window.0))),
         });
         Ok(Server {
             config,
@@ -202,6 +209,17 @@ impl Server {
             shared
                 .tracker
                 .spawn(reload_certificates(shared.clone(), reloadable, interval));
+        }
+        if let Some(busy) = shared.busy_poll.clone() {
+            let window = self
+                .config
+                .runtime
+                .busy_poll
+                .map(|w| w.0)
+                .unwrap_or_default();
+            tracing::info!(window = ?window, "busy polling: a worker keeps polling for this long after traffic (CPU for latency)");
+            let stop = shared.shutdown.clone();
+            shared.tracker.spawn(async move { busy.run(stop).await });
         }
         if let Some(tcp) = self.admin {
             let token = self.config.admin.get_ref().token.clone();
@@ -553,6 +571,7 @@ async fn connection<S>(
         ping_interval: shared.limits.ping_interval.0,
         idle_timeout: shared.limits.idle_timeout.0,
         close_grace: shared.limits.shutdown_grace.0,
+        busy_poll: shared.busy_poll.clone(),
     };
     let open = ctx.metrics.open.clone();
     let session = session::run(ws, handle, rx, shared.router.clone(), timers, move || {

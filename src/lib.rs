@@ -16,6 +16,7 @@
 //! - [`session`]: one connection's task: read, route, batch-write, ping, close.
 //! - [`protocol`]: what a client frame means; the gateway's notices (pure).
 //! - [`outbox`]: a session's bounded outbound queue (no allocation while idle).
+//! - [`busypoll`]: opt-in polling after traffic instead of sleeping (`[runtime] busy_poll`).
 //! - [`router`]: the origin-keyed routing core: names, rooms, policies (no sockets).
 //! - [`events`]: operator events fanned out to `GET /events`.
 //! - [`metrics`]: Prometheus metrics.
@@ -33,6 +34,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod busypoll;
 pub mod certgen;
 pub mod chat;
 pub mod client;

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
+use crate::busypoll::BusyPoll;
 use crate::events::Event;
 use crate::identity::ClientName;
 use crate::metrics::{ErrorKind, RouteKind};
@@ -37,7 +38,7 @@ const IDLE_REASON: &str = "idle timeout";
 const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Timers of a session.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SessionTimers {
     /// Interval between pings.
     pub ping_interval: Duration,
@@ -45,6 +46,8 @@ pub struct SessionTimers {
     pub idle_timeout: Duration,
     /// Drain time when closing.
     pub close_grace: Duration,
+    /// The gateway's spinner, told of every frame read (`[runtime] busy_poll`).
+    pub busy_poll: Option<Arc<BusyPoll>>,
 }
 
 /// Why a session ended, for the disconnect log line.
@@ -94,6 +97,9 @@ pub async fn run<S>(
                 }
             }
             frame = ws.next() => {
+                if let Some(busy) = &timers.busy_poll {
+                    busy.touch();
+                }
                 heard = true;
                 let Some(frame) = frame else { break End::Gone("connection closed without a close frame".into()) };
                 match frame {

@@ -207,3 +207,20 @@ async fn no_presence_by_default() {
     // The first frame a gets is its list reply, not a presence notice.
     assert_eq!(list(&mut a).await, ["a", "b"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_gateway_routes_both_ways() {
+    // [runtime] busy_poll changes how a worker waits, never what arrives.
+    let gw = start("[runtime]\nbusy_poll = \"200us\"\n").await;
+    let mut a = connect(&gw, "a").await;
+    let mut b = connect(&gw, "b").await;
+    for i in 0..100 {
+        let (from, to, dst) = if i % 2 == 0 {
+            (&mut a, &mut b, "b")
+        } else {
+            (&mut b, &mut a, "a")
+        };
+        send_json(from, &json!({"dst": dst, "msg": i})).await;
+        assert_eq!(recv_json(to).await["msg"], json!(i));
+    }
+}

@@ -5,7 +5,7 @@
 //! one write) is due at `begin + j * burst / rate` and belongs to connection
 //! `j % n`, so the load reaches the server evenly spread, not as one lump
 //! per millisecond. The clock is a task on a Linux timerfd: at every tick
-//! (the spacing, within [`MIN_TICK`]..[`MAX_TICK`]) it counts what is due in
+//! (the spacing, within 50 µs..1 ms) it counts what is due in
 //! each connection's slot and wakes its task, all on the load generator's own
 //! thread (a clock on an OS thread of its own cost a fifth of the core in
 //! context switches). A task sends what is due and stamps each message with
