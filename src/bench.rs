@@ -65,6 +65,11 @@ pub struct Report {
     pub load: Cpu,
     /// The server's CPU time in the window (with `--pid`).
     pub server: Option<ServerCpu>,
+    /// Share of all CPUs' time in the window that the hypervisor gave to
+    /// other guests (`steal` in `/proc/stat`; 0 on bare metal). A few
+    /// percent of steal stalls one side for milliseconds at a time and
+    /// shows in the latency tail whatever the server does.
+    pub steal_share: Option<f64>,
     /// Open-file limits of this process.
     pub nofile: NoFile,
 }
@@ -303,6 +308,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         first_error,
         load: Cpu::new(end.own_cpu.since(&start.own_cpu), window_s, outcome.units),
         server,
+        steal_share: start
+            .steal
+            .zip(end.steal)
+            .filter(|_| end.cpus > 0)
+            .map(|(a, b)| b.saturating_sub(a).as_secs_f64() / (window_s * end.cpus as f64)),
         nofile,
     })
 }
@@ -331,6 +341,13 @@ impl std::fmt::Display for Report {
                 Some(cpu) => writeln!(f, "server (pid {}) CPU: {cpu}", s.pid)?,
                 None => writeln!(f, "server (pid {}) CPU: not readable", s.pid)?,
             }
+        }
+        if let Some(steal) = self.steal_share {
+            writeln!(
+                f,
+                "host steal: {:.1}% of the CPUs' time in the window",
+                steal * 100.0
+            )?;
         }
         writeln!(
             f,

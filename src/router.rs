@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DuplicatePolicy;
 use crate::events::{Event, Events};
-use crate::identity::{Claim, ClientName, qt_latin1};
+use crate::identity::{Claim, ClientName, MAX_NAME_LEN, qt_latin1};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::protocol::Notice;
 
@@ -146,6 +146,10 @@ impl SessionHandle {
 const CACHED_NAMES: usize = 8;
 /// Most rooms one session remembers.
 const CACHED_ROOMS: usize = 4;
+/// Largest room a session remembers. A bigger room's message takes the read
+/// lock (one lock for that many deliveries); remembering it would cost a
+/// pointer per member in every sender's cache, a square in a busy room.
+const CACHED_ROOM_MEMBERS: usize = 64;
 
 /// A remembered destination (a name or a room) and the sessions it reached.
 type Route = (Box<str>, Box<[Weak<SessionHandle>]>);
@@ -153,12 +157,16 @@ type Route = (Box<str>, Box<[Weak<SessionHandle>]>);
 /// Where one session's recent messages went, so that the hot path takes no
 /// lock: a message to a remembered name or room is delivered from here while
 /// the router's generation is the one the entry was filled at. The router
-/// bumps its generation whenever it takes its write lock (admit, remove,
-/// rename, join, leave), so an entry is never used across a change of the
-/// routing table; a message racing a change is ordered before it, like one
-/// that took the read lock first. Sessions are held weakly: a cache never
+/// bumps its generation with every change of the table (admit, remove,
+/// rename, join, leave), under its write lock, so an entry is never looked
+/// up across a change. Unlike the locked path (which holds the read lock
+/// while it queues), a message whose lookup raced a change may be queued
+/// just after the change (a member that has just left may get it); a
+/// session that has ended gets nothing. Sessions are held weakly: a cache never
 /// keeps a gone session's queue alive. Owned by the session task; empty (no
-/// allocation) until the session sends.
+/// allocation) until the session sends, and bounded: names up to
+/// [`MAX_NAME_LEN`] that reached someone, rooms up to
+/// [`CACHED_ROOM_MEMBERS`] members.
 #[derive(Default)]
 pub struct RouteCache {
     generation: u64,
@@ -167,6 +175,12 @@ pub struct RouteCache {
 }
 
 impl RouteCache {
+    /// Names and rooms remembered (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.names.len() + self.rooms.len()
+    }
+
     /// Forgets everything if the routing table changed since it was filled.
     fn check(&mut self, generation: u64) {
         if self.generation != generation {
@@ -300,6 +314,7 @@ impl Router {
             .or_default()
             .push(handle.clone());
         state.sessions += 1;
+        self.changed(&state);
         if self.config.presence {
             self.presence(&state, &handle, true);
         }
@@ -309,8 +324,11 @@ impl Router {
     /// Removes a session (from its name and every room). Idempotent.
     pub fn remove(&self, handle: &Arc<SessionHandle>) {
         let mut state = self.write();
-        if state.remove(handle) && self.config.presence {
-            self.presence(&state, handle, false);
+        if state.remove(handle) {
+            self.changed(&state);
+            if self.config.presence {
+                self.presence(&state, handle, false);
+            }
         }
     }
 
@@ -347,6 +365,7 @@ impl Router {
             .push(handle.clone());
         *lock(&handle.name) = full.clone();
         handle.provisional.store(false, Ordering::Relaxed);
+        self.changed(&state);
         drop(state);
         tracing::info!(client = %full, provisional = %old, remote = %handle.info.remote, "provisional name replaced by full name");
         self.events.publish(&Event::Rename {
@@ -379,7 +398,11 @@ impl Router {
         let state = self.read();
         cache.check(self.generation.load(Ordering::Acquire));
         let targets = state.lookup(dst);
-        RouteCache::remember(&mut cache.names, CACHED_NAMES, dst, targets.iter());
+        // Only real names that reach someone: a client sending to made-up
+        // or overlong names must not make its cache hold them.
+        if !targets.is_empty() && dst.len() <= MAX_NAME_LEN {
+            RouteCache::remember(&mut cache.names, CACHED_NAMES, dst, targets.iter());
+        }
         self.deliver_all(targets.iter(), frame)
     }
 
@@ -399,7 +422,9 @@ impl Router {
         cache.check(self.generation.load(Ordering::Acquire));
         let members = state.members(from, room)?;
         let others = || members.values().filter(|m| m.id != from.id);
-        RouteCache::remember(&mut cache.rooms, CACHED_ROOMS, room, others());
+        if members.len() <= CACHED_ROOM_MEMBERS {
+            RouteCache::remember(&mut cache.rooms, CACHED_ROOMS, room, others());
+        }
         Ok(self.deliver_all(others(), frame))
     }
 
@@ -460,6 +485,7 @@ impl Router {
             .entry(room)
             .or_default()
             .insert(handle.id, handle.clone());
+        self.changed(&state);
         Ok(())
     }
 
@@ -469,7 +495,9 @@ impl Router {
         if let Some(joined) = state.memberships.get_mut(&handle.id) {
             joined.retain(|r| &**r != room);
         }
-        state.leave_room(handle.id, room);
+        if state.leave_room(handle.id, room) {
+            self.changed(&state);
+        }
     }
 
     /// Sorted, distinct names of the connected sessions, or of a room's members.
@@ -525,13 +553,17 @@ impl Router {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The write lock; taking it invalidates every [`RouteCache`] (the
-    /// generation moves while no reader can look, so a cache filled under
-    /// the read lock always carries the generation of what it saw).
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        let state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Invalidates every [`RouteCache`]: called by each change of the table
+    /// while its write lock is held (the guard proves it), so the generation
+    /// moves while no reader can look and a cache filled under the read
+    /// lock always carries the generation of what it saw. A request that
+    /// changes nothing (joining twice, a refused rename) leaves caches be.
+    fn changed(&self, _held: &RwLockWriteGuard<'_, State>) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        state
     }
 }
 
@@ -591,13 +623,16 @@ impl State {
         removed
     }
 
-    fn leave_room(&mut self, id: u64, room: &str) {
-        if let Some(members) = self.rooms.get_mut(room) {
-            members.swap_remove(&id);
-            if members.is_empty() {
-                self.rooms.remove(room);
-            }
+    /// Takes `id` out of `room`; true if it was a member.
+    fn leave_room(&mut self, id: u64, room: &str) -> bool {
+        let Some(members) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        let was = members.swap_remove(&id).is_some();
+        if members.is_empty() {
+            self.rooms.remove(room);
         }
+        was
     }
 }
 
@@ -725,6 +760,43 @@ mod tests {
         r.leave(&a.handle, "#r");
         assert_eq!(room(&mut cache), Err(RoomError::NotMember("#r".into())));
         assert!(c.texts().is_empty());
+    }
+
+    #[test]
+    fn route_cache_stays_small_and_only_real_changes_invalidate_it() {
+        let r = router(DuplicatePolicy::Reject);
+        let mut cache = RouteCache::default();
+        let a = connect(&r, "a", 8).unwrap();
+        let mut b = connect(&r, "b", 8).unwrap();
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        for dst in ["nobody", long.as_str()] {
+            r.send_to_name_cached(&mut cache, dst, || Message::text("x"));
+        }
+        assert_eq!(cache.len(), 0, "misses and overlong names are not kept");
+        r.send_to_name_cached(&mut cache, "b", || Message::text("x"));
+        assert_eq!(cache.len(), 1);
+        let generation = r.generation.load(Ordering::Acquire);
+        r.join(&a.handle, "#r").unwrap();
+        r.join(&a.handle, "#r").unwrap();
+        r.leave(&b.handle, "#r");
+        assert_eq!(
+            r.generation.load(Ordering::Acquire),
+            generation + 1,
+            "joining twice and leaving a room not joined change nothing"
+        );
+        // A room larger than CACHED_ROOM_MEMBERS goes through the lock.
+        let crowd: Vec<Client> = (0..CACHED_ROOM_MEMBERS)
+            .map(|i| connect(&r, &format!("m{i}"), 8).unwrap())
+            .collect();
+        for m in &crowd {
+            r.join(&m.handle, "#big").unwrap();
+        }
+        r.join(&b.handle, "#big").unwrap();
+        let mut cache = RouteCache::default();
+        let sent = r.send_to_room_cached(&mut cache, &b.handle, "#big", || Message::text("y"));
+        assert_eq!(sent.map(|d| d.queued), Ok(CACHED_ROOM_MEMBERS));
+        assert_eq!(cache.len(), 0, "a big room is not remembered");
+        assert!(b.texts().len() == 1, "b got the first message only");
     }
 
     #[test]

@@ -153,6 +153,34 @@ async fn pairs_at_a_fixed_rate() {
 }
 
 #[tokio::test]
+async fn pairs_at_a_fixed_rate_in_bursts() {
+    let gw = common::start("").await;
+    let args = [
+        "pairs",
+        "--url",
+        &gw.url("/"),
+        "-n",
+        "4",
+        "--rate",
+        "4000",
+        "--burst",
+        "8",
+    ];
+    let report = bench(&args).await;
+    let Figures::Pairs(p) = &report.figures else {
+        panic!("{report}")
+    };
+    assert_eq!((p.rate, p.burst), (Some(4000.0), Some(8)));
+    // 500 bursts a second, spread over the connections: the rate holds.
+    assert!((3000.0..=5000.0).contains(&p.msgs_per_s), "{report}");
+    assert_ordered(&p.latency, &report);
+    assert_eq!(report.errors, 0, "{report}");
+    let steal = report.steal_share.expect("/proc/stat is readable here");
+    assert!((0.0..=1.0).contains(&steal), "{report}");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn fanout_reaches_every_member() {
     let gw = common::start("").await;
     let report = bench(&["fanout", "--url", &gw.url("/"), "-n", "5", "--rate", "50"]).await;

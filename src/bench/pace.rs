@@ -4,8 +4,8 @@
 //! The schedule is fixed up front: burst `j` of the run (`--burst` messages,
 //! one write) is due at `begin + j * burst / rate` and belongs to connection
 //! `j % n`, so the load reaches the server evenly spread, not as one lump
-//! per millisecond. The clock is a task on a Linux timerfd: at every tick
-//! (the spacing, within 50 µs..1 ms) it counts what is due in
+//! per millisecond. The clock is a task on a Linux timerfd, armed for the
+//! next burst's time (at least 50 µs ahead): it counts what is due in
 //! each connection's slot and wakes its task, all on the load generator's own
 //! thread (a clock on an OS thread of its own cost a fifth of the core in
 //! context switches). A task sends what is due and stamps each message with
@@ -13,7 +13,7 @@
 //! falling behind) shows in the latency instead of being hidden (no
 //! coordinated omission).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,10 +27,18 @@ use tokio::sync::Notify;
 
 use super::Run;
 
-/// The clock's finest tick: below it, wake-ups cost more than they spread.
+/// The clock's finest tick: below it, wake-ups cost more than they spread
+/// (a burst due sooner leaves up to this late, and its latency shows it).
 const MIN_TICK: Duration = Duration::from_micros(50);
-/// The clock's coarsest tick.
-const MAX_TICK: Duration = Duration::from_millis(1);
+
+/// The timerfd, as the runtime needs it (a raw descriptor).
+struct Timer(TimerFd);
+
+impl AsRawFd for Timer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
 
 /// One connection's slot: bursts due so far, and its task's wake-up.
 struct Slot {
@@ -69,49 +77,28 @@ impl Clock {
             spacing_ns: burst as f64 * 1e9 / rate,
             burst,
         });
-        let tick = Duration::from_nanos(clock.spacing_ns as u64).clamp(MIN_TICK, MAX_TICK);
         let timer = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
         )
         .context("timerfd_create")?;
-        timer
-            .set(
-                Expiration::Interval(TimeSpec::from_duration(tick)),
-                TimerSetTimeFlags::empty(),
-            )
-            .context("timerfd_settime")?;
         // The file descriptor is owned (moved in) and closed only when the
         // AsyncFd drops, which is what the newer, unsafe `register` asks;
         // the lib forbids unsafe code, so the safe constructor it replaces.
         #[allow(deprecated)]
-        let timer = AsyncFd::with_interest(OwnedFd::from(timer), Interest::READABLE)?;
+        let timer = AsyncFd::with_interest(Timer(timer), Interest::READABLE)?;
         tokio::spawn(clock.clone().tick(run.clone(), timer));
         Ok(clock)
     }
 
-    /// The clock task: at every expiry of the timer, releases every burst
-    /// whose time has come, until the run stops.
-    async fn tick(self: Arc<Clock>, run: Arc<Run>, timer: AsyncFd<OwnedFd>) {
+    /// The clock task: releases every burst whose time has come, then arms
+    /// the timer for the next one (at least [`MIN_TICK`] ahead), until the
+    /// run stops. Armed afresh from the schedule each time, so it never
+    /// drifts from it.
+    async fn tick(self: Arc<Clock>, run: Arc<Run>, timer: AsyncFd<Timer>) {
         let n = self.slots.len() as u64;
         let mut released = 0u64;
         loop {
-            let ready = tokio::select! {
-                _ = run.stop.cancelled() => break,
-                ready = timer.readable() => ready,
-            };
-            match ready {
-                // One read takes every expiry since the last; the timer is
-                // then not readable until the next.
-                Ok(mut guard) => {
-                    let _ = nix::unistd::read(guard.get_inner(), &mut [0u8; 8]);
-                    guard.clear_ready();
-                }
-                Err(e) => {
-                    run.error(|| format!("pacing timer failed: {e}"));
-                    break;
-                }
-            }
             let now = run.now_ns().saturating_sub(self.begin_ns);
             let due = (now as f64 / self.spacing_ns) as u64 + 1;
             if due > released {
@@ -123,6 +110,33 @@ impl Clock {
                     slot.wake.notify_one();
                 }
                 released = due;
+            }
+            // Burst `released` is the next: due at begin + released * spacing.
+            let next = self.begin_ns + (released as f64 * self.spacing_ns).ceil() as u64;
+            let wait = Duration::from_nanos(next.saturating_sub(run.now_ns())).max(MIN_TICK);
+            let armed = timer.get_ref().0.set(
+                Expiration::OneShot(TimeSpec::from_duration(wait)),
+                TimerSetTimeFlags::empty(),
+            );
+            if let Err(e) = armed {
+                run.error(|| format!("pacing timer failed: {e}"));
+                break;
+            }
+            let ready = tokio::select! {
+                _ = run.stop.cancelled() => break,
+                ready = timer.readable() => ready,
+            };
+            match ready {
+                // The read takes the expiry; the timer is then not readable
+                // until armed again.
+                Ok(mut guard) => {
+                    let _ = nix::unistd::read(&guard.get_inner().0, &mut [0u8; 8]);
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    run.error(|| format!("pacing timer failed: {e}"));
+                    break;
+                }
             }
         }
         // Wake every task so none waits on a clock that has stopped.

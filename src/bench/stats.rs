@@ -104,6 +104,11 @@ pub struct Snapshot {
     pub own_cpu: CpuTimes,
     /// The server (`--pid`), if readable.
     pub server_cpu: Option<CpuTimes>,
+    /// Time the hypervisor gave this machine's CPUs to others, summed
+    /// over CPUs (`steal` of `/proc/stat`), if readable.
+    pub steal: Option<Duration>,
+    /// CPUs counted in `/proc/stat`.
+    pub cpus: usize,
 }
 
 impl Snapshot {
@@ -113,6 +118,8 @@ impl Snapshot {
             wall: Instant::now(),
             own_cpu: cpu_time("self").unwrap_or_default(),
             server_cpu: server.and_then(|pid| cpu_time(&pid.to_string())),
+            steal: steal_time().map(|(steal, _)| steal),
+            cpus: steal_time().map(|(_, cpus)| cpus).unwrap_or(0),
         }
     }
 }
@@ -132,6 +139,27 @@ pub fn cpu_time(pid: &str) -> Option<CpuTimes> {
         user: ticks()?,
         sys: ticks()?,
     })
+}
+
+/// Steal time summed over the CPUs, and how many CPUs: the eighth value of
+/// each `cpuN` line of `/proc/stat`, in `USER_HZ` ticks.
+pub fn steal_time() -> Option<(Duration, usize)> {
+    parse_steal(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_steal(stat: &str) -> Option<(Duration, usize)> {
+    let mut ticks = 0u64;
+    let mut cpus = 0;
+    for line in stat.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(cpu) = fields.next() else { continue };
+        if !(cpu.starts_with("cpu") && cpu.len() > 3) {
+            continue;
+        }
+        ticks += fields.nth(7)?.parse::<u64>().ok()?;
+        cpus += 1;
+    }
+    Some((Duration::from_millis(ticks * 1000 / USER_HZ), cpus))
 }
 
 /// Resident set size of a process in bytes (`VmRSS` of `/proc/PID/status`).
@@ -206,6 +234,24 @@ pub(crate) fn progress(run: Arc<Run>, label: Label) -> tokio::task::JoinHandle<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_summed_over_the_cpu_lines_only() {
+        let stat = "cpu  9 9 9 9 9 9 9 999 0 0\n\
+                    cpu0 1 2 3 4 5 6 7 10 0 0\n\
+                    cpu1 1 2 3 4 5 6 7 25 0 0\n\
+                    intr 1 2 3\nctxt 5\n";
+        assert_eq!(
+            parse_steal(stat),
+            Some((Duration::from_millis(350), 2)),
+            "35 ticks of 10 ms over two CPUs; the summary line is not counted twice"
+        );
+        assert_eq!(
+            parse_steal("cpu0 1 2 3\n"),
+            None,
+            "a short line is not guessed at"
+        );
+    }
 
     #[test]
     fn own_cpu_time_and_rss_are_readable() {
