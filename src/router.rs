@@ -166,7 +166,7 @@ type Route = (Box<str>, Box<[Weak<SessionHandle>]>);
 /// keeps a gone session's queue alive. Owned by the session task; empty (no
 /// allocation) until the session sends, and bounded: names up to
 /// [`MAX_NAME_LEN`] that reached someone, rooms up to
-/// [`CACHED_ROOM_MEMBERS`] members.
+/// 64 members (`CACHED_ROOM_MEMBERS`).
 #[derive(Default)]
 pub struct RouteCache {
     generation: u64,
