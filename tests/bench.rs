@@ -83,6 +83,38 @@ async fn pairs_delivers_and_orders_latencies() {
 }
 
 #[tokio::test]
+async fn the_control_client_reads_everything_and_stays() {
+    // The control of the slow-consumer run: the same client and feed, but
+    // it reads; it answers pings, so even a short idle timeout keeps it.
+    let gw = common::start("[limits]\nping_interval = \"200ms\"\nidle_timeout = \"1s\"\n").await;
+    let args = [
+        "pairs",
+        "--url",
+        &gw.url("/"),
+        "-n",
+        "4",
+        "-k",
+        "2",
+        "--stalled",
+        "1",
+        "--stalled-reading",
+    ];
+    let report = bench_for(&args, "2s").await;
+    let Figures::Pairs(p) = &report.figures else {
+        panic!("{report}")
+    };
+    assert_eq!(report.errors, 0, "{report}");
+    let s = p.stalled.as_ref().expect("--stalled 1 reports its figures");
+    assert!(s.reading && s.feeder_sent > 0, "{report}");
+    assert_eq!(
+        (s.closed_by_server, s.not_connected, s.too_slow),
+        (0, 0, 0),
+        "a client that reads is neither closed nor too slow: {report}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn pairs_with_a_client_that_never_reads() {
     // A small queue: the stalled client's queue fills (after the socket
     // buffers) within the run, the gateway closes it with 1013, the load

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, Interest};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -478,7 +478,7 @@ async fn stalled(
                 tokio::select! {
                     biased;
                     _ = run.stop.cancelled() => return,
-                    () = discard(&mut stream) => {}
+                    () = discard(&mut stream, index) => {}
                 }
                 shared.seen_by_socket.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -523,12 +523,37 @@ async fn stalled(
     }
 }
 
-/// Reads and drops everything until the connection ends.
-async fn discard(stream: &mut Stream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
+/// Reads and drops everything until the connection ends, answering the
+/// server's pings (a control client must not be closed as idle in a long
+/// run) and leaving at its close frame.
+async fn discard(stream: &mut Stream, index: usize) {
+    let mut reader = Reader::new(64 * 1024);
+    let mut masker = Masker::new(index);
+    let mut out = Vec::new();
+    loop {
+        match reader.fill(stream).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            match reader.next_frame() {
+                Ok(Some((frame::OP_PING, range))) => frame::append_frame(
+                    &mut out,
+                    frame::OP_PONG,
+                    reader.payload(range),
+                    masker.next_key(),
+                ),
+                Ok(Some((frame::OP_CLOSE, _))) | Err(_) => return,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+            }
+        }
+        reader.compact();
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
         }
     }
 }
