@@ -273,6 +273,16 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         progress: AtomicU64::new(0),
     });
     let progress = stats::progress(run.clone(), opts.progress_label());
+    if common.spin {
+        // Yielded tasks resume only after the runtime has polled its
+        // sockets (without waiting): this loop keeps it from ever sleeping.
+        let stop = run.stop.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                tokio::task::yield_now().await;
+            }
+        });
+    }
     let outcome = match &opts.scenario {
         Scenario::Pairs(args) => pairs::run(&run, args).await,
         Scenario::Fanout(args) => fanout::run(&run, args).await,

@@ -170,6 +170,29 @@ async fn pairs_with_a_client_that_never_reads() {
 }
 
 #[tokio::test]
+async fn a_spinning_load_generator_still_measures_and_stops() {
+    let gw = common::start("").await;
+    let report = bench(&[
+        "pairs",
+        "--url",
+        &gw.url("/"),
+        "-n",
+        "2",
+        "-k",
+        "1",
+        "--spin",
+    ])
+    .await;
+    let Figures::Pairs(p) = &report.figures else {
+        panic!("{report}")
+    };
+    assert!(p.messages > 0, "{report}");
+    assert_eq!(report.errors, 0, "{report}");
+    // The spinner ended with the run: the gateway still stops at once.
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn pairs_at_a_fixed_rate() {
     let gw = common::start("").await;
     let report = bench(&["pairs", "--url", &gw.url("/"), "-n", "4", "--rate", "400"]).await;

@@ -59,6 +59,12 @@ pub struct Common {
     /// generator pinned to one core with taskset).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Never sleep: poll the sockets in a loop (the load generator's core
+    /// then reads 100% busy). On loopback a sender pays for waking a
+    /// sleeping receiver; a spinning load generator charges the server what
+    /// remote clients would, nothing for their wake-ups.
+    #[arg(long)]
+    pub spin: bool,
     /// Print one JSON line with every figure instead of text.
     #[arg(long)]
     pub json: bool,
