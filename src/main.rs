@@ -210,17 +210,7 @@ async fn admin_action(operator: &Operator, action: AdminAction) -> Result<ExitCo
                     );
                 }
             } else {
-                println!(
-                    "{:<24} {:<22} {:<10} {:<5} CONNECTED",
-                    "NAME", "REMOTE", "LISTENER", "TLS"
-                );
-                for c in &clients {
-                    println!(
-                        "{:<24} {:<22} {:<10} {:<5} {}",
-                        c.name, c.remote, c.listener, c.tls, c.connected_at
-                    );
-                }
-                println!("{} connected", clients.len());
+                println!("{}", wssgate::operator::clients_table(&clients));
             }
         }
         AdminAction::Send { name, text } => {

@@ -24,6 +24,56 @@ pub struct ClientRow {
     pub provisional: bool,
 }
 
+/// The rows as `wssgate admin clients` prints them: columns aligned by
+/// display width (a CJK character takes two columns), a header, and the
+/// count. Control characters in a name are shown escaped so that a name
+/// cannot move the terminal's cursor.
+pub fn clients_table(rows: &[ClientRow]) -> String {
+    use std::fmt::Write as _;
+    /// Columns of NAME, REMOTE, LISTENER and TLS (a wider value pushes the
+    /// rest of its line right by one space).
+    const WIDTHS: [usize; 4] = [24, 22, 10, 5];
+    fn line(out: &mut String, cells: [&str; 4], last: &str) {
+        for (cell, width) in cells.iter().zip(WIDTHS) {
+            let cell = visible(cell);
+            let used = unicode_width::UnicodeWidthStr::width(&*cell);
+            out.push_str(&cell);
+            out.push_str(&" ".repeat(width.saturating_sub(used).max(1)));
+        }
+        out.push_str(last);
+        out.push('\n');
+    }
+    let mut out = String::new();
+    line(&mut out, ["NAME", "REMOTE", "LISTENER", "TLS"], "CONNECTED");
+    for r in rows {
+        let tls = if r.tls { "true" } else { "false" };
+        line(
+            &mut out,
+            [&r.name, &r.remote, &r.listener, tls],
+            &r.connected_at,
+        );
+    }
+    let _ = write!(out, "{} connected", rows.len());
+    out
+}
+
+/// `s` with its control characters escaped (`\n` becomes `\\n`).
+fn visible(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Why an operator request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
@@ -180,5 +230,38 @@ impl Operator {
             .text()
             .await
             .map_err(|source| OperatorError::Http { url, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str) -> ClientRow {
+        ClientRow {
+            name: name.into(),
+            remote: "127.0.0.1:40000".into(),
+            listener: "ws".into(),
+            tls: false,
+            connected_at: "2026-11-26T12:00:00Z".into(),
+            provisional: false,
+        }
+    }
+
+    #[test]
+    fn columns_line_up_by_display_width() {
+        let table = clients_table(&[row("alice"), row("C1我是客户端"), row("bad\nname")]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        // REMOTE starts at display column 24 on every line, whatever the name.
+        for line in &lines[1..4] {
+            let before = &line[..line.find("127.0.0.1").expect("remote shown")];
+            assert_eq!(unicode_width::UnicodeWidthStr::width(before), 24, "{table}");
+        }
+        assert!(
+            lines[3].starts_with("bad\\nname "),
+            "control characters escaped: {table}"
+        );
+        assert_eq!(lines[4], "3 connected");
     }
 }
