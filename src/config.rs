@@ -19,7 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::modes::{ClientAuth, IdentitySource, Mode};
-use crate::proxy::TrustedProxies;
+use crate::proxy::{ForwardedHeader, TrustedProxies};
 
 /// Where `serve` looks for a config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
@@ -141,6 +141,13 @@ pub struct ListenerConfig {
     /// believed (and, with `proxy_protocol`, who may send PROXY headers).
     #[serde(default)]
     pub trusted_proxies: TrustedProxies,
+    /// The header a trusted proxy's client address is read from: `auto`
+    /// (`Forwarded`, else `X-Forwarded-For`, else `X-Real-IP`),
+    /// `forwarded`, `x-forwarded-for` or `x-real-ip`. Naming the one your
+    /// proxy sets means a header a client forged and the proxy passed on
+    /// is never believed.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeader,
     /// Every connection starts with a PROXY protocol v1 or v2 header.
     #[serde(default)]
     pub proxy_protocol: bool,
@@ -471,6 +478,7 @@ fn default_listeners() -> Vec<Spanned<ListenerConfig>> {
             identity: IdentitySource::Claimed,
             dev_certs: false,
             trusted_proxies: TrustedProxies::default(),
+            forwarded_header: ForwardedHeader::Auto,
             proxy_protocol: false,
             allowed_origins: Vec::new(),
         },
@@ -642,6 +650,11 @@ mod tests {
             ),
             ("\n[limits]\nmax_mesage_size = 10\n", 3, "unknown field"),
             ("[runtime]\nbusy_poll = \"soon\"\n", 2, "invalid duration"),
+            (
+                "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\nforwarded_header = \"via\"\n",
+                4,
+                "unknown variant",
+            ),
             ("[runtime]\nbusy_pol = \"1ms\"\n", 2, "unknown field"),
             (
                 "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npath = \"chat\"\n",

@@ -509,7 +509,12 @@ async fn connection<S>(
         },
     };
     let (upgrade, claim) = request;
-    let remote = proxy::client_addr(peer, &upgrade.forwarded, &ctx.config.trusted_proxies);
+    let remote = proxy::client_addr(
+        peer,
+        &upgrade.forwarded,
+        &ctx.config.trusted_proxies,
+        ctx.config.forwarded_header,
+    );
     let Some(address_slot) = shared.per_address.acquire(remote.ip()) else {
         let refusal = Refusal::new(
             503,

@@ -62,6 +62,23 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Which forwarding header a listener reads the client's address from
+/// (`forwarded_header`), when the peer is a trusted proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `Forwarded` if present, else `X-Forwarded-For`, else `X-Real-IP`:
+    /// the proxy must drop the headers it does not set itself.
+    #[default]
+    Auto,
+    /// RFC 7239 `Forwarded` only.
+    Forwarded,
+    /// `X-Forwarded-For` only (what the shipped nginx files set).
+    XForwardedFor,
+    /// `X-Real-IP` only.
+    XRealIp,
+}
+
 /// The forwarding headers of a request, raw.
 #[derive(Debug, Clone, Default)]
 pub struct ForwardedHeaders {
@@ -81,17 +98,44 @@ impl ForwardedHeaders {
 }
 
 /// The client's address: `peer` itself, unless `peer` is a trusted proxy;
-/// then the rightmost untrusted address of the chain in the headers
-/// (`Forwarded` first, else `X-Forwarded-For`, else `X-Real-IP`). A hop
-/// without a port gets port 0.
+/// then the rightmost untrusted address of the chain in the header `which`
+/// names (with [`ForwardedHeader::Auto`]: `Forwarded` first, else
+/// `X-Forwarded-For`, else `X-Real-IP`). A hop without a port gets port 0.
 pub fn client_addr(
     peer: SocketAddr,
     headers: &ForwardedHeaders,
     trusted: &TrustedProxies,
+    which: ForwardedHeader,
 ) -> SocketAddr {
     if !trusted.contains(peer.ip()) || headers.is_empty() {
         return peer;
     }
+    // Only the chosen header counts; the others are dropped unread.
+    let only = |keep: ForwardedHeader| ForwardedHeaders {
+        forwarded: if keep == ForwardedHeader::Forwarded {
+            headers.forwarded.clone()
+        } else {
+            Vec::new()
+        },
+        x_forwarded_for: if keep == ForwardedHeader::XForwardedFor {
+            headers.x_forwarded_for.clone()
+        } else {
+            Vec::new()
+        },
+        x_real_ip: if keep == ForwardedHeader::XRealIp {
+            headers.x_real_ip.clone()
+        } else {
+            None
+        },
+    };
+    let chosen;
+    let headers = match which {
+        ForwardedHeader::Auto => headers,
+        one => {
+            chosen = only(one);
+            &chosen
+        }
+    };
     let chain: Vec<SocketAddr> = if !headers.forwarded.is_empty() {
         headers
             .forwarded
@@ -276,6 +320,40 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 mod tests {
     use super::*;
 
+    fn client_addr_auto(peer: SocketAddr, h: &ForwardedHeaders, t: &TrustedProxies) -> SocketAddr {
+        client_addr(peer, h, t, ForwardedHeader::Auto)
+    }
+
+    #[test]
+    fn a_chosen_header_is_the_only_one_believed() {
+        let t = trusted(&["127.0.0.0/8"]);
+        // nginx sets X-Forwarded-For; the client forged Forwarded and X-Real-IP.
+        let h = ForwardedHeaders {
+            forwarded: vec!["for=203.0.113.66".into()],
+            x_forwarded_for: vec!["198.51.100.1".into()],
+            x_real_ip: Some("203.0.113.77".into()),
+        };
+        let peer = addr("127.0.0.1:1");
+        let pick = |which| client_addr(peer, &h, &t, which);
+        assert_eq!(
+            pick(ForwardedHeader::Auto),
+            addr("203.0.113.66:0"),
+            "auto: Forwarded first"
+        );
+        assert_eq!(pick(ForwardedHeader::XForwardedFor), addr("198.51.100.1:0"));
+        assert_eq!(pick(ForwardedHeader::Forwarded), addr("203.0.113.66:0"));
+        assert_eq!(pick(ForwardedHeader::XRealIp), addr("203.0.113.77:0"));
+        // The chosen header missing: the proxy's own address, not another header's.
+        let h = ForwardedHeaders {
+            forwarded: vec!["for=203.0.113.66".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            client_addr(peer, &h, &t, ForwardedHeader::XForwardedFor),
+            peer
+        );
+    }
+
     fn trusted(list: &[&str]) -> TrustedProxies {
         TrustedProxies::try_from(list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap()
     }
@@ -293,12 +371,12 @@ mod tests {
         };
         // Untrusted peer: headers ignored.
         assert_eq!(
-            client_addr(addr("192.0.2.1:5"), &xff("203.0.113.9"), &t),
+            client_addr_auto(addr("192.0.2.1:5"), &xff("203.0.113.9"), &t),
             addr("192.0.2.1:5")
         );
         // Trusted peer: the rightmost untrusted hop (a spoofed leftmost entry is skipped).
         assert_eq!(
-            client_addr(
+            client_addr_auto(
                 addr("127.0.0.1:5"),
                 &xff("6.6.6.6, 203.0.113.9, 10.1.2.3"),
                 &t
@@ -307,12 +385,12 @@ mod tests {
         );
         // All hops trusted: the leftmost.
         assert_eq!(
-            client_addr(addr("127.0.0.1:5"), &xff("10.0.0.1, 10.0.0.2"), &t),
+            client_addr_auto(addr("127.0.0.1:5"), &xff("10.0.0.1, 10.0.0.2"), &t),
             addr("10.0.0.1:0")
         );
         // Nothing trusted by default.
         assert_eq!(
-            client_addr(
+            client_addr_auto(
                 addr("127.0.0.1:5"),
                 &xff("203.0.113.9"),
                 &TrustedProxies::default()
@@ -330,7 +408,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            client_addr(addr("127.0.0.1:1"), &h, &t),
+            client_addr_auto(addr("127.0.0.1:1"), &h, &t),
             addr("[2001:db8:cafe::17]:4711")
         );
         let h = ForwardedHeaders {
@@ -338,7 +416,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            client_addr(addr("127.0.0.1:1"), &h, &t),
+            client_addr_auto(addr("127.0.0.1:1"), &h, &t),
             addr("198.51.100.7:0")
         );
         // Obfuscated or unknown nodes are not addresses.
@@ -347,7 +425,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            client_addr(addr("127.0.0.1:1"), &h, &t),
+            client_addr_auto(addr("127.0.0.1:1"), &h, &t),
             addr("127.0.0.1:1")
         );
     }

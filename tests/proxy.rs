@@ -123,6 +123,31 @@ async fn forwarding_headers_are_believed_only_from_a_trusted_peer() {
 }
 
 #[tokio::test]
+async fn a_listener_naming_its_header_ignores_the_others() {
+    // nginx sets X-Forwarded-For; a client forged Forwarded and X-Real-IP,
+    // and this proxy passes them on. With the header named, they are ignored.
+    let gw = start_config(&config(
+        "trusted_proxies = [\"127.0.0.1/32\"]\nforwarded_header = \"x-forwarded-for\"",
+        "",
+    ))
+    .await;
+    let forged = [
+        ("Forwarded", "for=6.6.6.6"),
+        ("X-Real-IP", "6.6.6.7"),
+        ("X-Forwarded-For", "203.0.113.21"),
+    ];
+    let (mut ws, _) = ws_with(&gw, "named", &forged).await;
+    list_names(&mut ws).await;
+    assert_eq!(remote_of(&gw, "named").await, "203.0.113.21:0");
+    // Without X-Forwarded-For the client is the proxy itself, not a forged header.
+    let (mut ws2, local) = ws_with(&gw, "none", &forged[..2]).await;
+    list_names(&mut ws2).await;
+    assert_eq!(remote_of(&gw, "none").await, local.to_string());
+    drop((ws, ws2));
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn the_rightmost_untrusted_hop_is_the_client() {
     let gw = start_config(&config(
         "trusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/8\"]",
