@@ -25,6 +25,8 @@ use crate::metrics::RouteKind;
 
 /// Interval of SSE keep-alive comments, so proxies keep the stream open.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+/// How the `shutdown` event, the last of a stream, begins.
+const SHUTDOWN_EVENT: &str = r#"{"type":"shutdown""#;
 
 #[derive(Clone)]
 struct AdminState {
@@ -160,18 +162,36 @@ async fn events(
     let subscribed = futures_util::stream::once(async {
         Ok(SseEvent::default().data(r#"{"type":"subscribed"}"#))
     });
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        let event = match receiver.recv().await {
-            Ok(json) => SseEvent::default().data(&*json),
-            // A subscriber that falls behind skips events rather than holding memory.
-            Err(RecvError::Lagged(skipped)) => {
-                SseEvent::default().comment(format!("skipped {skipped} events"))
-            }
-            Err(RecvError::Closed) => return None,
-        };
-        Some((Ok(event), receiver))
-    })
-    .take_until(state.shared.shutdown.clone().cancelled_owned());
+    // The stream ends after the `shutdown` event (published just before
+    // the shutdown token is cancelled), or at the token if it lagged past it.
+    let shutdown = state.shared.shutdown.clone();
+    let stream = futures_util::stream::unfold(Some(receiver), move |receiver| {
+        let shutdown = shutdown.clone();
+        async move {
+            let mut receiver = receiver?;
+            let next = tokio::select! {
+                biased;
+                next = receiver.recv() => next,
+                () = shutdown.cancelled() => match receiver.try_recv() {
+                    Ok(json) => Ok(json),
+                    Err(_) => return None,
+                },
+            };
+            let (event, last) = match next {
+                Ok(json) => (
+                    SseEvent::default().data(&*json),
+                    json.starts_with(SHUTDOWN_EVENT),
+                ),
+                // A subscriber that falls behind skips events rather than holding memory.
+                Err(RecvError::Lagged(skipped)) => (
+                    SseEvent::default().comment(format!("skipped {skipped} events")),
+                    false,
+                ),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Ok(event), (!last).then_some(receiver)))
+        }
+    });
     Sse::new(subscribed.chain(stream)).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
 }
 

@@ -67,6 +67,10 @@ pub enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a str>,
     },
+    /// The gateway is shutting down: the last event of every `/events`
+    /// stream (sessions are then closed with 1001; those disconnects are not
+    /// streamed).
+    Shutdown,
     /// A client error the gateway answered (unknown recipient, slow consumer...).
     Error {
         /// The client concerned.

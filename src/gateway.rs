@@ -230,6 +230,7 @@ impl Server {
         }
         shutdown.await;
         tracing::info!("shutting down: closing sessions with 1001");
+        shared.events.publish(&Event::Shutdown);
         shared.shutdown.cancel();
         shared.tracker.close();
         let grace = shared.limits.shutdown_grace.0 + Duration::from_secs(1);

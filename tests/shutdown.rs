@@ -33,6 +33,29 @@ async fn every_client_gets_1001_and_the_server_returns() {
 }
 
 #[tokio::test]
+async fn event_streams_end_with_a_shutdown_event() {
+    let gw = start("").await;
+    let mut events = subscribe_events(gw.operator()).await;
+    let mut a = connect(&gw, "a").await;
+    list(&mut a).await;
+    await_event(&mut events, |e| e["type"] == "connect").await;
+    gw.begin_shutdown();
+    // The last event says why the stream ends; then it ends.
+    let last = await_event(&mut events, |e| e["type"] != "disconnect").await;
+    assert_eq!(last, json!({"type": "shutdown"}));
+    let end = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+    assert_eq!(
+        end.expect("the stream ends in time"),
+        None,
+        "nothing after shutdown"
+    );
+    let (code, _, _) = recv_close(&mut a).await;
+    assert_eq!(code, 1001);
+    assert!(drain(&mut a).await.is_empty());
+    gw.wait_stopped().await;
+}
+
+#[tokio::test]
 async fn stop_with_nobody_connected_returns() {
     let gw = start("").await;
     let admin = gw.admin;
