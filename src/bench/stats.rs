@@ -114,12 +114,13 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads the CPU times now.
     pub fn take(server: Option<u32>) -> Snapshot {
+        let (steal, cpus) = steal_time().map_or((None, 0), |(t, n)| (Some(t), n));
         Snapshot {
             wall: Instant::now(),
             own_cpu: cpu_time("self").unwrap_or_default(),
             server_cpu: server.and_then(|pid| cpu_time(&pid.to_string())),
-            steal: steal_time().map(|(steal, _)| steal),
-            cpus: steal_time().map(|(_, cpus)| cpus).unwrap_or(0),
+            steal,
+            cpus,
         }
     }
 }
