@@ -212,9 +212,31 @@ impl Run {
         Snapshot::take(self.common.pid)
     }
 
+    /// Waits for the measured window (nanoseconds since the epoch) and
+    /// returns the snapshots at its start and end.
+    pub async fn window(&self, (start_ns, end_ns): (u64, u64)) -> (Snapshot, Snapshot) {
+        let epoch = tokio::time::Instant::from_std(self.epoch);
+        tokio::time::sleep_until(epoch + Duration::from_nanos(start_ns)).await;
+        let first = self.snapshot();
+        tokio::time::sleep_until(epoch + Duration::from_nanos(end_ns)).await;
+        (first, self.snapshot())
+    }
+
     /// The client name of connection `i`.
     pub fn name(&self, i: usize) -> String {
         format!("{}{i}", self.prefix)
+    }
+}
+
+/// Time the tasks get to return after the stop, before they are aborted.
+pub(crate) const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits up to `wait` for every task of `tasks` (told to stop already) to
+/// return, then aborts the rest.
+pub(crate) async fn join_or_abort(tasks: &mut tokio::task::JoinSet<()>, wait: Duration) {
+    let joined = tokio::time::timeout(wait, async { while tasks.join_next().await.is_some() {} });
+    if joined.await.is_err() {
+        tasks.abort_all();
     }
 }
 

@@ -15,7 +15,7 @@ use super::conn;
 use super::frame::{Masker, Reader};
 use super::options::ConnectArgs;
 use super::stats::{self, Latency};
-use super::{Figures, Outcome, Run};
+use super::{Figures, Outcome, Run, STOP_WAIT, join_or_abort};
 
 /// Read buffer of a connection: the upgrade response.
 const READ_BUFFER: usize = 1024;
@@ -25,8 +25,6 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 const RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// Most handshakes in flight at once.
 const MAX_CONCURRENCY: usize = 1024;
-/// Time the workers get to return after the stop, before they are aborted.
-const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// What `connect` measured.
 #[derive(Debug, Clone, Serialize)]
@@ -79,20 +77,9 @@ pub(crate) async fn run(run: &Arc<Run>, args: &ConnectArgs) -> anyhow::Result<Ou
             (start_ns, end_ns),
         ));
     }
-    let epoch = tokio::time::Instant::from_std(run.epoch);
-    tokio::time::sleep_until(epoch + Duration::from_nanos(start_ns)).await;
-    let first = run.snapshot();
-    tokio::time::sleep_until(epoch + Duration::from_nanos(end_ns)).await;
-    let last = run.snapshot();
+    let (first, last) = run.window((start_ns, end_ns)).await;
     run.stop.cancel();
-    if tokio::time::timeout(STOP_WAIT, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tasks.abort_all();
-    }
+    join_or_abort(&mut tasks, STOP_WAIT).await;
     let histogram = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let window = last.wall.duration_since(first.wall).as_secs_f64();
     let figures = ConnectFigures {

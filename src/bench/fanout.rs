@@ -19,7 +19,7 @@ use super::conn::{self, Stream};
 use super::frame::{self, Masker, Reader, Template};
 use super::options::FanoutArgs;
 use super::stats::{self, Latency};
-use super::{Figures, Outcome, Run};
+use super::{Figures, Outcome, Run, STOP_WAIT, join_or_abort};
 
 /// Read buffer per member.
 const READ_BUFFER: usize = 2 * 1024;
@@ -33,8 +33,6 @@ const JOIN_ACK: &str = "wssgate-bench join barrier";
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time the connections get to close politely at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// Time the tasks get to return after the stop, before they are aborted.
-const STOP_WAIT: Duration = Duration::from_secs(5);
 /// The publisher's shortest tick; faster rates send several messages a tick.
 const MIN_TICK: Duration = Duration::from_millis(1);
 
@@ -171,11 +169,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &FanoutArgs) -> anyhow::Result<Out
         rate,
     ));
 
-    let epoch = tokio::time::Instant::from_std(run.epoch);
-    tokio::time::sleep_until(epoch + Duration::from_nanos(start_ns)).await;
-    let first = run.snapshot();
-    tokio::time::sleep_until(epoch + Duration::from_nanos(end_ns)).await;
-    let last = run.snapshot();
+    let (first, last) = run.window((start_ns, end_ns)).await;
     // Let the last messages arrive everywhere before counting who got what.
     let drained = tokio::time::Instant::now() + DRAIN_WAIT;
     let published = tracker.published.load(Ordering::Acquire) as usize;
@@ -190,14 +184,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &FanoutArgs) -> anyhow::Result<Out
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     run.stop.cancel();
-    if tokio::time::timeout(STOP_WAIT, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tasks.abort_all();
-    }
+    join_or_abort(&mut tasks, STOP_WAIT).await;
 
     let mut reach = stats::histogram();
     let (mut in_window, mut complete) = (0, 0);

@@ -18,7 +18,7 @@ use super::conn::{self, Stream};
 use super::frame::{self, Masker, Reader};
 use super::options::IdleArgs;
 use super::stats::rss_bytes;
-use super::{Figures, Outcome, Run};
+use super::{Figures, Outcome, Run, join_or_abort};
 
 /// Read buffer of a held connection: pings and the odd notice.
 const READ_BUFFER: usize = 256;
@@ -104,14 +104,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &IdleArgs) -> anyhow::Result<Outco
     let rss_end = rss();
     let last = run.snapshot();
     run.stop.cancel();
-    if tokio::time::timeout(STOP_WAIT, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tasks.abort_all();
-    }
+    join_or_abort(&mut tasks, STOP_WAIT).await;
     let bytes_per_conn = match (rss_before, rss_after) {
         (Some(a), Some(b)) if count > 0 => Some((b as f64 - a as f64) / count as f64),
         _ => None,

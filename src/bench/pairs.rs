@@ -32,7 +32,7 @@ use super::options::{Framing, PairsArgs};
 use super::pace::Clock;
 use super::stalled::{self, StalledFigures};
 use super::stats::{self, Latency};
-use super::{Figures, Outcome, Run};
+use super::{Figures, Outcome, Run, STOP_WAIT, join_or_abort};
 
 /// Read buffer per connection: K small frames fit many times over.
 const READ_BUFFER: usize = 4 * 1024;
@@ -42,8 +42,6 @@ const MAX_IN_FLIGHT: usize = 10_000;
 const MAX_RATE: f64 = 10_000_000.0;
 /// Time the connections get to close politely at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// Time the tasks get to return after the stop, before they are aborted.
-const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// What `pairs` measured.
 #[derive(Debug, Clone, Serialize)]
@@ -179,20 +177,9 @@ pub(crate) async fn run(run: &Arc<Run>, args: &PairsArgs) -> anyhow::Result<Outc
             }
         };
     }
-    let epoch = tokio::time::Instant::from_std(run.epoch);
-    tokio::time::sleep_until(epoch + Duration::from_nanos(start_ns)).await;
-    let first = run.snapshot();
-    tokio::time::sleep_until(epoch + Duration::from_nanos(end_ns)).await;
-    let last = run.snapshot();
+    let (first, last) = run.window((start_ns, end_ns)).await;
     run.stop.cancel();
-    if tokio::time::timeout(STOP_WAIT, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tasks.abort_all();
-    }
+    join_or_abort(&mut tasks, STOP_WAIT).await;
     let stalled = match stalled {
         Some(s) => Some(s.finish().await),
         None => None,

@@ -45,11 +45,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::Run;
 use super::conn::{self, Stream};
 use super::frame::{self, Masker, Reader};
 use super::options::PairsArgs;
 use super::stats;
+use super::{Run, STOP_WAIT, join_or_abort};
 
 /// Most stalled clients one run may hold.
 pub const MAX_STALLED: usize = 1000;
@@ -76,8 +76,6 @@ const MIN_TICK: Duration = Duration::from_millis(1);
 const MAX_BURST: u64 = 64;
 /// Time the feeder gets to close politely at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// Time the tasks get to return after the stop, before they are aborted.
-const STOP_WAIT: Duration = Duration::from_secs(5);
 /// The text of the notice for a message to a name nobody holds.
 const NOT_CONNECTED: &str = "recipient not connected: ";
 /// The start of the notice for a message dropped at a full queue.
@@ -395,14 +393,7 @@ impl Stalled {
     /// Waits for the tasks (the run's stop must have been given) and
     /// returns the figures.
     pub(crate) async fn finish(mut self) -> StalledFigures {
-        if tokio::time::timeout(STOP_WAIT, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
-            self.tasks.abort_all();
-        }
+        join_or_abort(&mut self.tasks, STOP_WAIT).await;
         let s = &self.shared;
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let (notice, socket) = (count(&s.seen_by_notice), count(&s.seen_by_socket));
