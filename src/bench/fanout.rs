@@ -310,15 +310,12 @@ async fn member(
         let now = run.now_ns();
         let in_window = (tracker.window.0..tracker.window.1).contains(&now);
         let mut got = 0;
-        loop {
-            let (opcode, range) = match reader.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return run.error(|| format!("member {index}: {e}")),
-            };
-            let payload = reader.payload(range);
-            match opcode {
-                frame::OP_TEXT | frame::OP_BINARY => match frame::find_stamp(payload, true) {
+        let drained =
+            frame::drain(
+                &mut reader,
+                &mut out,
+                &mut masker,
+                |payload| match frame::find_stamp(payload, true) {
                     Some((sent, seq)) => {
                         got += 1;
                         if let Some(remaining) = tracker.remaining.get(seq as usize) {
@@ -331,17 +328,10 @@ async fn member(
                     }
                     None => run.notice(payload),
                 },
-                frame::OP_PING => {
-                    frame::append_frame(&mut out, frame::OP_PONG, payload, masker.next_key())
-                }
-                frame::OP_CLOSE => {
-                    return run
-                        .error(|| format!("member {index}: {}", frame::describe_close(payload)));
-                }
-                _ => {}
-            }
+            );
+        if let Err(why) = drained {
+            return run.error(|| format!("member {index}: {why}"));
         }
-        reader.compact();
         if !latencies.is_empty() {
             tracker
                 .deliveries
@@ -410,21 +400,9 @@ async fn publish(
                     Err(e) => return run.error(|| format!("publisher: read failed: {e}")),
                     Ok(_) => {}
                 }
-                loop {
-                    let (opcode, range) = match reader.next_frame() {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => return run.error(|| format!("publisher: {e}")),
-                    };
-                    let payload = reader.payload(range);
-                    match opcode {
-                        frame::OP_TEXT => run.notice(payload),
-                        frame::OP_PING => frame::append_frame(&mut out, frame::OP_PONG, payload, masker.next_key()),
-                        frame::OP_CLOSE => return run.error(|| format!("publisher: {}", frame::describe_close(payload))),
-                        _ => {}
-                    }
+                if let Err(why) = frame::drain(&mut reader, &mut out, &mut masker, |p| run.notice(p)) {
+                    return run.error(|| format!("publisher: {why}"));
                 }
-                reader.compact();
             }
         }
     };

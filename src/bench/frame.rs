@@ -342,6 +342,29 @@ impl Reader {
     }
 }
 
+/// Hands the payload of every complete data frame (text, binary,
+/// continuation) now in `reader` to `on_data`, answers pings into `out`
+/// and compacts the reader. `Err` says why the connection is over: the
+/// server's close frame, described, or a frame that does not parse.
+pub fn drain(
+    reader: &mut Reader,
+    out: &mut Vec<u8>,
+    masker: &mut Masker,
+    mut on_data: impl FnMut(&[u8]),
+) -> Result<(), String> {
+    while let Some((opcode, range)) = reader.next_frame().map_err(|e| e.to_string())? {
+        let payload = reader.payload(range);
+        match opcode {
+            OP_TEXT | OP_BINARY | OP_CONTINUATION => on_data(payload),
+            OP_PING => append_frame(out, OP_PONG, payload, masker.next_key()),
+            OP_CLOSE => return Err(describe_close(payload)),
+            _ => {}
+        }
+    }
+    reader.compact();
+    Ok(())
+}
+
 /// What a server's close frame said, for an error message.
 pub fn describe_close(payload: &[u8]) -> String {
     match payload {

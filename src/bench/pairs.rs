@@ -285,37 +285,24 @@ async fn peer_raw(
         let now = run.now_ns();
         let in_window = (plan.window.0..plan.window.1).contains(&now);
         let mut got = 0;
-        loop {
-            let (opcode, range) = match reader.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return run.error(|| format!("connection {index}: {e}")),
-            };
-            let payload = reader.payload(range);
-            match opcode {
-                frame::OP_TEXT | frame::OP_BINARY | frame::OP_CONTINUATION => {
-                    match frame::find_stamp(payload, false) {
-                        Some((sent, _)) => {
-                            got += 1;
-                            if in_window {
-                                latencies.push(now.saturating_sub(sent));
-                            }
+        let drained =
+            frame::drain(
+                &mut reader,
+                &mut out,
+                &mut masker,
+                |payload| match frame::find_stamp(payload, false) {
+                    Some((sent, _)) => {
+                        got += 1;
+                        if in_window {
+                            latencies.push(now.saturating_sub(sent));
                         }
-                        None => run.notice(payload),
                     }
-                }
-                frame::OP_PING => {
-                    frame::append_frame(&mut out, frame::OP_PONG, payload, masker.next_key())
-                }
-                frame::OP_CLOSE => {
-                    return run.error(|| {
-                        format!("connection {index}: {}", frame::describe_close(payload))
-                    });
-                }
-                _ => {}
-            }
+                    None => run.notice(payload),
+                },
+            );
+        if let Err(why) = drained {
+            return run.error(|| format!("connection {index}: {why}"));
         }
-        reader.compact();
         record(&run, &plan, &mut latencies, got);
         if plan.pace.is_none() {
             for _ in 0..got {

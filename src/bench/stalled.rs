@@ -526,20 +526,9 @@ async fn discard(stream: &mut Stream, index: usize) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        loop {
-            match reader.next_frame() {
-                Ok(Some((frame::OP_PING, range))) => frame::append_frame(
-                    &mut out,
-                    frame::OP_PONG,
-                    reader.payload(range),
-                    masker.next_key(),
-                ),
-                Ok(Some((frame::OP_CLOSE, _))) | Err(_) => return,
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-            }
+        if frame::drain(&mut reader, &mut out, &mut masker, |_| {}).is_err() {
+            return;
         }
-        reader.compact();
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
                 return;
@@ -664,28 +653,12 @@ async fn feed(run: Arc<Run>, shared: Arc<Shared>, feeder: Feeder) {
             Err(e) => return run.error(|| format!("stalled feeder: read failed: {e}")),
             Ok(_) => {}
         }
-        loop {
-            let (opcode, range) = match reader.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return run.error(|| format!("stalled feeder: {e}")),
-            };
-            let payload = reader.payload(range);
-            match opcode {
-                frame::OP_TEXT | frame::OP_BINARY | frame::OP_CONTINUATION => {
-                    shared.on_notice(&run, payload)
-                }
-                frame::OP_PING => {
-                    frame::append_frame(&mut out, frame::OP_PONG, payload, masker.next_key())
-                }
-                frame::OP_CLOSE => {
-                    return run
-                        .error(|| format!("stalled feeder: {}", frame::describe_close(payload)));
-                }
-                _ => {}
-            }
+        let drained = frame::drain(&mut reader, &mut out, &mut masker, |payload| {
+            shared.on_notice(&run, payload)
+        });
+        if let Err(why) = drained {
+            return run.error(|| format!("stalled feeder: {why}"));
         }
-        reader.compact();
     };
     if clean {
         conn::close(&mut stream, &mut reader, masker.next_key(), CLOSE_WAIT).await;
