@@ -110,53 +110,34 @@ pub fn client_addr(
     if !trusted.contains(peer.ip()) || headers.is_empty() {
         return peer;
     }
-    // Only the chosen header counts; the others are dropped unread.
-    let only = |keep: ForwardedHeader| ForwardedHeaders {
-        forwarded: if keep == ForwardedHeader::Forwarded {
-            headers.forwarded.clone()
-        } else {
-            Vec::new()
-        },
-        x_forwarded_for: if keep == ForwardedHeader::XForwardedFor {
-            headers.x_forwarded_for.clone()
-        } else {
-            Vec::new()
-        },
-        x_real_ip: if keep == ForwardedHeader::XRealIp {
-            headers.x_real_ip.clone()
-        } else {
-            None
-        },
-    };
-    let chosen;
-    let headers = match which {
-        ForwardedHeader::Auto => headers,
-        one => {
-            chosen = only(one);
-            &chosen
+    // `auto` picks the first header present; a named one is the only one read.
+    let which = match which {
+        ForwardedHeader::Auto if !headers.forwarded.is_empty() => ForwardedHeader::Forwarded,
+        ForwardedHeader::Auto if !headers.x_forwarded_for.is_empty() => {
+            ForwardedHeader::XForwardedFor
         }
+        ForwardedHeader::Auto => ForwardedHeader::XRealIp,
+        named => named,
     };
-    let chain: Vec<SocketAddr> = if !headers.forwarded.is_empty() {
-        headers
+    let chain: Vec<SocketAddr> = match which {
+        ForwardedHeader::Forwarded => headers
             .forwarded
             .iter()
             .flat_map(|h| h.split(','))
             .filter_map(forwarded_for)
-            .collect()
-    } else if !headers.x_forwarded_for.is_empty() {
-        headers
+            .collect(),
+        ForwardedHeader::XForwardedFor => headers
             .x_forwarded_for
             .iter()
             .flat_map(|h| h.split(','))
             .filter_map(parse_hop)
-            .collect()
-    } else {
-        headers
+            .collect(),
+        ForwardedHeader::XRealIp | ForwardedHeader::Auto => headers
             .x_real_ip
             .as_deref()
             .and_then(parse_hop)
             .into_iter()
-            .collect()
+            .collect(),
     };
     chain
         .iter()
