@@ -151,38 +151,6 @@ impl Run {
     }
 }
 
-/// Reads SSE events until one satisfies `pred`.
-async fn next_event(
-    events: &mut UnboundedReceiver<String>,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    loop {
-        let line = tokio::time::timeout(WAIT, events.recv())
-            .await
-            .expect("event in time")
-            .expect("event stream open");
-        let event: Value = serde_json::from_str(&line).expect("event is JSON");
-        if pred(&event) {
-            return event;
-        }
-    }
-}
-
-/// Follows `/events`; returns a receiver of event lines once subscribed.
-async fn follow_events(gw: &Gateway) -> UnboundedReceiver<String> {
-    let (tx, mut rx) = unbounded_channel();
-    let operator = gw.operator();
-    tokio::spawn(async move {
-        let _ = operator
-            .events(|line| {
-                let _ = tx.send(line.to_owned());
-            })
-            .await;
-    });
-    next_event(&mut rx, |e| e["type"] == "subscribed").await;
-    rx
-}
-
 #[tokio::test]
 async fn send_to_a_name_delivers_a_private_message_as_qt_writes_it() {
     let gw = start("").await;
@@ -241,7 +209,7 @@ async fn send_to_nobody_exits_3_with_the_gateway_error() {
 #[tokio::test]
 async fn send_to_a_room_joins_it_and_plain_text_goes_to_the_operator() {
     let gw = start("").await;
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let mut bob = connect(&gw, "bob").await;
     send_json(&mut bob, &json!({"type":"join","room":"#ops"})).await;
     list(&mut bob).await;
@@ -264,7 +232,7 @@ async fn send_to_a_room_joins_it_and_plain_text_goes_to_the_operator() {
 
     let done = run(&[&gw.url("/"), "--name", "bot", "--send", "status: ok"]).await;
     assert_eq!(done.code, 0, "{done:?}");
-    let event = next_event(&mut events, |e| e["type"] == "message").await;
+    let event = await_event(&mut events, |e| e["type"] == "message").await;
     assert_eq!(event["name"], "bot");
     assert_eq!(event["text"], "status: ok");
 }
@@ -304,7 +272,7 @@ async fn json_wait_prints_a_broadcast_and_a_private_message() {
 #[tokio::test]
 async fn line_mode_from_a_pipe() {
     let gw = start("").await;
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
     let mut bob = connect(&gw, "bob").await;
     send_json(&mut bob, &json!({"type":"join","room":"#r"})).await;
     list(&mut bob).await;
@@ -321,7 +289,7 @@ async fn line_mode_from_a_pipe() {
         carol.write_line(line).await;
     }
     assert_eq!(
-        next_event(&mut events, |e| e["type"] == "message").await["text"],
+        await_event(&mut events, |e| e["type"] == "message").await["text"],
         "hello server"
     );
     assert_eq!(
@@ -360,7 +328,7 @@ async fn line_mode_from_a_pipe() {
         "{}",
         done.stderr
     );
-    let event = next_event(&mut events, |e| e["type"] == "disconnect").await;
+    let event = await_event(&mut events, |e| e["type"] == "disconnect").await;
     assert_eq!(event["reason"], "client closed");
 }
 

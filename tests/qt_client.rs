@@ -221,43 +221,11 @@ impl QtClient {
 }
 
 // ---------------------------------------------------------------------------
-// Operator events (as in tests/routing.rs)
-
-/// Reads SSE events until one satisfies `pred`.
-async fn next_event(
-    events: &mut UnboundedReceiver<String>,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    loop {
-        let line = tokio::time::timeout(WAIT, events.recv())
-            .await
-            .expect("event in time")
-            .expect("event stream open");
-        let event: Value = serde_json::from_str(&line).expect("event is JSON");
-        if pred(&event) {
-            return event;
-        }
-    }
-}
-
-/// Follows `/events`; returns a receiver of event lines once subscribed.
-async fn follow_events(gw: &Gateway) -> UnboundedReceiver<String> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let operator = gw.operator();
-    tokio::spawn(async move {
-        let _ = operator
-            .events(|line| {
-                let _ = tx.send(line.to_owned());
-            })
-            .await;
-    });
-    next_event(&mut rx, |e| e["type"] == "subscribed").await;
-    rx
-}
+// Operator events (helpers in tests/common)
 
 /// The next connect event; returns the name the gateway gave the session.
-async fn connected_as(events: &mut UnboundedReceiver<String>) -> String {
-    let event = next_event(events, |e| e["type"] == "connect").await;
+async fn connected_as(events: &mut UnboundedReceiver<Value>) -> String {
+    let event = await_event(events, |e| e["type"] == "connect").await;
     event["name"].as_str().expect("name").to_owned()
 }
 
@@ -272,7 +240,7 @@ async fn chinese_names_talk_privately_both_ways() {
     let Some(bin) = qt_client() else { return };
     let gw = start("").await;
     let url = gw.url("/");
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
 
     let mut c2 = QtClient::connect(bin, &url, "C2我是客户端", Args::default()).await;
     assert_eq!(connected_as(&mut events).await, "C2?????");
@@ -287,7 +255,7 @@ async fn chinese_names_talk_privately_both_ways() {
     // C2 is still provisional: the message reaches it through Qt's
     // substitution of its name, and shows C1's full name.
     assert_eq!(c2.line().await, "from C1我是客户端: 你好, C2");
-    let rename = next_event(&mut events, |e| e["type"] == "rename").await;
+    let rename = await_event(&mut events, |e| e["type"] == "rename").await;
     assert_eq!(rename["from"], "C1?????");
     assert_eq!(rename["to"], "C1我是客户端");
 
@@ -322,7 +290,7 @@ async fn latin1_name_talks_to_an_ascii_name() {
     let Some(bin) = qt_client() else { return };
     let gw = start("").await;
     let url = gw.url("/");
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
 
     let mut bob = QtClient::connect(bin, &url, "bob", Args::default()).await;
     assert_eq!(connected_as(&mut events).await, "bob");
@@ -352,7 +320,7 @@ async fn operator_messages_arrive_as_plain_text() {
     let gw = start("").await;
     let url = gw.url("/");
     let operator = gw.operator();
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
 
     // Both say something to the server first: no dst, plain text.
     let c1_args = Args {
@@ -360,7 +328,7 @@ async fn operator_messages_arrive_as_plain_text() {
         expect: Some(2),
     };
     let mut c1 = QtClient::connect(bin, &url, "C1我是客户端", c1_args).await;
-    let said = next_event(&mut events, |e| e["type"] == "message").await;
+    let said = await_event(&mut events, |e| e["type"] == "message").await;
     // Plain text carries no full name: the operator sees Qt's `Origin`.
     assert_eq!(said["name"], "C1?????");
     assert_eq!(said["text"], "我在这里");
@@ -370,7 +338,7 @@ async fn operator_messages_arrive_as_plain_text() {
         expect: Some(2),
     };
     let mut jose = QtClient::connect(bin, &url, "José", jose_args).await;
-    let said = next_event(&mut events, |e| e["type"] == "message").await;
+    let said = await_event(&mut events, |e| e["type"] == "message").await;
     assert_eq!(said["name"], "José");
     assert_eq!(said["text"], "bom dia");
 
@@ -409,7 +377,7 @@ async fn two_qt_names_with_the_same_latin1_form() {
     let Some(bin) = qt_client() else { return };
     let gw = start("").await;
     let url = gw.url("/");
-    let mut events = follow_events(&gw).await;
+    let mut events = subscribe_events(gw.operator()).await;
 
     let mut me = QtClient::connect(bin, &url, "C1我是客户端", Args::default()).await;
     assert_eq!(connected_as(&mut events).await, "C1?????");
