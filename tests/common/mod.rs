@@ -349,13 +349,10 @@ pub async fn deliver(from: &mut Ws, from_name: &str, to: &mut Ws, to_name: &str)
 // written and read by hand (to misbehave in ways a library will not).
 // ---------------------------------------------------------------------------
 
-/// Opcodes of RFC 6455 frames.
-pub const OP_CONTINUATION: u8 = 0x0;
-pub const OP_TEXT: u8 = 0x1;
-pub const OP_BINARY: u8 = 0x2;
-pub const OP_CLOSE: u8 = 0x8;
-pub const OP_PING: u8 = 0x9;
-pub const OP_PONG: u8 = 0xA;
+/// Opcodes of RFC 6455 frames (the load generator's, which has them too).
+/// Each test crate uses some of them, as with the rest of this module.
+#[allow(unused_imports)]
+pub use wssgate::bench::frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// A WebSocket client on a raw TCP stream, after a completed handshake.
 pub struct RawClient {
