@@ -17,7 +17,7 @@ use rcgen::{
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
-use crate::tls::fingerprint;
+use wssgate_pki::fingerprint;
 
 /// SANs every development server certificate has.
 pub const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -498,12 +498,12 @@ mod tests {
         let ca = Ca::generate("test CA", KeyType::EcdsaP256).unwrap();
         let server = ca.issue(&Leaf::server(&["localhost".into()])).unwrap();
         assert_eq!(
-            crate::tls::certificate_name(&server.der).as_deref(),
+            wssgate_pki::certificate_name(&server.der).as_deref(),
             Some("localhost")
         );
         let client = ca.issue(&Leaf::client("C1我是客户端")).unwrap();
         assert_eq!(
-            crate::tls::certificate_name(&client.der).as_deref(),
+            wssgate_pki::certificate_name(&client.der).as_deref(),
             Some("C1我是客户端")
         );
         assert!(ca.fingerprint().starts_with("sha256:"));

@@ -35,7 +35,7 @@ use crate::outbox::Outbox;
 use crate::proxy::{self, Prefixed};
 use crate::router::{AdmitError, ClientInfo, Router, RouterConfig};
 use crate::session::{self, SessionTimers};
-use crate::tls::{self, ServerTls, ServerTlsFiles, TlsError};
+use crate::tls::{ServerTls, ServerTlsFiles, TlsError};
 
 /// Read buffer per connection: small, because most messages are small and
 /// an idle connection should cost little.
@@ -463,8 +463,8 @@ impl PeerCert {
     ) -> Option<PeerCert> {
         let leaf = certs?.first()?;
         let cert = PeerCert {
-            name: tls::certificate_name(leaf),
-            fingerprint: tls::fingerprint(leaf),
+            name: wssgate_pki::certificate_name(leaf),
+            fingerprint: wssgate_pki::fingerprint(leaf),
         };
         if ctx.config.mode == Mode::AcceptAll {
             tracing::info!(fingerprint = %cert.fingerprint, cert_name = ?cert.name, "client certificate accepted WITHOUT verification (accept-all)");

@@ -9,8 +9,7 @@
 //! - [`modes`]: the four security modes of a listener.
 //! - [`gateway`]: listeners, the upgrade with identity and limits, lifecycle.
 //! - [`proxy`]: real client addresses behind proxies (PROXY protocol, forwarding headers).
-//! - [`tls`]: rustls server and client configs, PEM loading, reload;
-//!   `tls::danger` holds the verifiers that skip chain validation.
+//! - [`tls`]: each TLS listener's rustls config, and its reload.
 //! - [`handshake`]: the HTTP request head and the upgrade or refusal answer.
 //! - [`identity`]: client names from `?name=` or `Origin`, the Qt name rules.
 //! - [`session`]: one connection's task: read, route, batch-write, ping, close.
@@ -23,21 +22,13 @@
 //! - [`admin`]: the operator HTTP API.
 //! - [`operator`]: the client of that API behind `wssgate admin`.
 //! - [`certgen`]: development CA, server and client certificates (`gen-certs`).
-//! - [`client`]: connect to ws/wss under a certificate policy, explain failures.
-//! - [`chat`]: the `wssgate-client` session: input lines to frames, received
-//!   frames to lines, scripted sends, reconnects (on top of [`client`]).
-//! - [`bench`](mod@bench): the load generator behind `wssgate-bench` (pairs, fanout,
-//!   idle, connect) for any server that speaks PROTOCOL.md.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod bench;
 pub mod busypoll;
 pub mod certgen;
-pub mod chat;
-pub mod client;
 pub mod config;
 pub mod events;
 pub mod gateway;

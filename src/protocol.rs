@@ -11,13 +11,10 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::identity::GATEWAY_NAME;
-
-/// Longest room name in bytes, `#` included.
-pub const MAX_ROOM_LEN: usize = 128;
+pub use wssgate_wire::room::{MAX_ROOM_LEN, check_room};
 
 /// What a client's text frame asks for. Borrows from the frame.
 #[derive(Debug)]
@@ -246,105 +243,6 @@ fn room_field(room: Option<&RawValue>) -> Result<Cow<'_, str>, String> {
     }
 }
 
-/// A room is `#` and 1..=127 more bytes without control characters.
-pub fn check_room(room: &str) -> Result<(), String> {
-    let valid = room.len() > 1
-        && room.len() <= MAX_ROOM_LEN
-        && room.starts_with('#')
-        && !room.chars().any(char::is_control);
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid room: {room:?} (a room is '#' and 1 to {} bytes of text)",
-            MAX_ROOM_LEN - 1
-        ))
-    }
-}
-
-/// A gateway notice: `src` is always `@gateway`.
-#[derive(Debug, Serialize)]
-pub struct Notice<'a> {
-    src: &'static str,
-    dst: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    msg: String,
-    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-    reference: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    names: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    room: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-}
-
-impl<'a> Notice<'a> {
-    fn new(dst: &'a str, kind: &'static str, msg: String) -> Self {
-        Notice {
-            src: GATEWAY_NAME,
-            dst,
-            kind,
-            msg,
-            reference: None,
-            names: None,
-            room: None,
-            event: None,
-            name: None,
-        }
-    }
-
-    /// An `error` notice for `dst`, with `ref` when the request had an `id`.
-    pub fn error(dst: &'a str, msg: impl Into<String>, reference: Option<&'a RawValue>) -> Self {
-        Notice {
-            reference,
-            ..Notice::new(dst, "error", msg.into())
-        }
-    }
-
-    /// The reply to `list`.
-    pub fn list(
-        dst: &'a str,
-        names: &'a [String],
-        room: Option<&'a str>,
-        reference: Option<&'a RawValue>,
-    ) -> Self {
-        let msg = match room {
-            Some(room) => format!("{} in {room}", names.len()),
-            None => format!("{} connected", names.len()),
-        };
-        Notice {
-            names: Some(names),
-            room,
-            reference,
-            ..Notice::new(dst, "list", msg)
-        }
-    }
-
-    /// A presence event: `name` connected (`join`) or disconnected (`leave`).
-    pub fn presence(dst: &'a str, joined: bool, name: &'a str) -> Self {
-        let (event, verb) = if joined {
-            ("join", "connected")
-        } else {
-            ("leave", "disconnected")
-        };
-        Notice {
-            event: Some(event),
-            name: Some(name),
-            ..Notice::new(dst, "presence", format!("{name} {verb}"))
-        }
-    }
-
-    /// The notice as a JSON text.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self)
-            .unwrap_or_else(|_| unreachable!("a notice holds only strings and JSON values"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,26 +383,5 @@ mod tests {
         assert!(
             matches!(r, Request::Invalid { reason, .. } if reason == "invalid message: dst must be a string")
         );
-    }
-
-    #[test]
-    fn notices() {
-        let id = RawValue::from_string("3".into()).unwrap();
-        let n: Value = serde_json::from_str(
-            &Notice::error("bob", "recipient not connected: x", Some(&id)).to_json(),
-        )
-        .unwrap();
-        assert_eq!(
-            n,
-            json!({"src":"@gateway","dst":"bob","type":"error","msg":"recipient not connected: x","ref":3})
-        );
-        let names = vec!["a".to_owned(), "b".to_owned()];
-        let n: Value =
-            serde_json::from_str(&Notice::list("a", &names, None, None).to_json()).unwrap();
-        assert_eq!(n["names"], json!(["a", "b"]));
-        assert_eq!(n["type"], "list");
-        let n: Value = serde_json::from_str(&Notice::presence("a", true, "b").to_json()).unwrap();
-        assert_eq!(n["event"], "join");
-        assert_eq!(n["name"], "b");
     }
 }

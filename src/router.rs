@@ -20,7 +20,7 @@ use crate::config::DuplicatePolicy;
 use crate::events::{Event, Events};
 use crate::identity::{Claim, ClientName, MAX_NAME_LEN, qt_latin1};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::protocol::Notice;
+use wssgate_wire::notice::{Notice, Presence};
 
 /// Close code for a session replaced by a newer one of the same name.
 pub const CLOSE_REPLACED: u16 = 4000;
@@ -316,7 +316,7 @@ impl Router {
         state.sessions += 1;
         self.changed(&state);
         if self.config.presence {
-            self.presence(&state, &handle, true);
+            self.presence(&state, &handle, Presence::Join);
         }
         Ok(handle)
     }
@@ -327,7 +327,7 @@ impl Router {
         if state.remove(handle) {
             self.changed(&state);
             if self.config.presence {
-                self.presence(&state, handle, false);
+                self.presence(&state, handle, Presence::Leave);
             }
         }
     }
@@ -535,14 +535,14 @@ impl Router {
         handle.deliver(frame, self)
     }
 
-    fn presence(&self, state: &State, subject: &SessionHandle, joined: bool) {
+    fn presence(&self, state: &State, subject: &SessionHandle, event: Presence) {
         let name = subject.name();
         for session in state.names.values().flatten() {
             if session.id == subject.id {
                 continue;
             }
             let receiver = session.name();
-            let notice = Notice::presence(receiver.as_str(), joined, name.as_str()).to_json();
+            let notice = Notice::presence(receiver.as_str(), event, name.as_str()).to_json();
             session.deliver(Message::text(notice), self);
         }
     }

@@ -23,7 +23,8 @@ use crate::busypoll::BusyPoll;
 use crate::events::Event;
 use crate::identity::ClientName;
 use crate::metrics::{ErrorKind, RouteKind};
-use crate::protocol::{self, Envelope, Forward, Notice, Request};
+use crate::protocol::{self, Envelope, Forward, Request};
+use wssgate_wire::Notice;
 use crate::router::{
     CLOSE_REPLACED, CLOSE_SLOW_CONSUMER, Delivery, RouteCache, Router, SessionHandle,
 };

@@ -9,10 +9,14 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio_tungstenite::tungstenite::Message;
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 use wssgate::Config;
+use wssgate_client::tls::{ClientTls, ServerTrust};
+use wssgate_client::{ClientStream, ConnectError, ConnectOptions, connect};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wssgate");
 const TOKEN: &str = "0123456789abcdef";
@@ -583,15 +587,27 @@ fn every_shipped_config_loads() {
 
 // ------------------------------------------------- gen-certs, wss, SIGHUP reload
 
-fn client_bin(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wssgate-client"));
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
+/// `name`, a client of the listener at `url` with a CA file and a client
+/// certificate.
+async fn mtls_client(
+    url: &str,
+    name: &str,
+    ca: &str,
+    (cert, key): (&str, &str),
+) -> Result<ClientStream, ConnectError> {
+    let opts = ConnectOptions {
+        url: url.to_owned(),
+        name: name.to_owned(),
+        tls: ClientTls {
+            trust: ServerTrust::Ca(ca.into()),
+            identity: Some((cert.into(), key.into())),
+        },
+        known_hosts: PathBuf::new(),
+    };
+    let (ws, _) = tokio::time::timeout(WAIT, connect(&opts))
+        .await
+        .expect("the handshake ends in time")?;
+    Ok(ws)
 }
 
 /// `gen-certs` output serves mutual TLS as is; a SIGHUP makes new handshakes
@@ -651,51 +667,35 @@ async fn gen_certs_output_serves_mutual_tls_and_sighup_reloads() {
     let (ca, bob_cert, bob_key) = (f("ca.pem"), f("client-bob.pem"), f("client-bob-key.pem"));
     let (alice_cert, alice_key) = (f("client-alice.pem"), f("client-alice-key.pem"));
 
-    // bob waits for one frame; alice sends it once bob is connected.
-    let mut bob = client_bin(&[
-        &url, "--name", "bob", "--ca", &ca, "--cert", &bob_cert, "--key", &bob_key, "--json",
-        "--wait", "1",
-    ])
-    .spawn()
-    .unwrap();
-    let mut bob_err = BufReader::new(bob.stderr.take().unwrap()).lines();
-    loop {
-        let line = tokio::time::timeout(WAIT, bob_err.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("bob connects");
-        if line.contains("connected") {
-            break;
-        }
-    }
-    let alice = run(client_bin(&[
-        &url,
-        "--name",
-        "alice",
-        "--ca",
-        &ca,
-        "--cert",
-        &alice_cert,
-        "--key",
-        &alice_key,
-        "--send",
-        "over mutual TLS",
-        "--to",
-        "bob",
-    ]))
-    .await;
-    assert!(alice.status.success(), "{}", stderr(&alice));
-    let bob = tokio::time::timeout(WAIT, bob.wait_with_output())
+    // bob is connected before alice sends.
+    let mut bob = mtls_client(&url, "bob", &ca, (&bob_cert, &bob_key))
         .await
-        .unwrap()
-        .unwrap();
-    assert!(bob.status.success());
-    let frame: serde_json::Value = serde_json::from_str(stdout(&bob).trim()).unwrap();
+        .expect("bob connects");
+    let mut alice = mtls_client(&url, "alice", &ca, (&alice_cert, &alice_key))
+        .await
+        .expect("alice connects");
+    let private = serde_json::json!({"dst":"bob","msg":"over mutual TLS","src":"alice"});
+    alice
+        .send(Message::text(private.to_string()))
+        .await
+        .expect("alice sends");
+    let frame = tokio::time::timeout(WAIT, bob.next())
+        .await
+        .expect("bob receives in time")
+        .expect("a frame")
+        .expect("a frame, not an error");
+    let frame: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
     assert_eq!(
         frame,
         serde_json::json!({"dst":"bob","msg":"over mutual TLS","src":"alice"})
     );
+
+    // Both leave (the gateway logs each once the name is free), so that
+    // alice can connect again below.
+    alice.close(None).await.expect("alice closes");
+    bob.close(None).await.expect("bob closes");
+    gw.log_line("disconnected").await;
+    gw.log_line("disconnected").await;
 
     // A new server certificate from another CA, then SIGHUP.
     let other = dir.path().join("other");
@@ -712,24 +712,13 @@ async fn gen_certs_output_serves_mutual_tls_and_sighup_reloads() {
     gw.signal("-HUP");
     gw.log_line("certificate reloaded").await;
     let new_ca = other.join("ca.pem").display().to_string();
-    let send = |ca: String| {
-        let (url, cert, key) = (url.clone(), alice_cert.clone(), alice_key.clone());
-        async move {
-            run(client_bin(&[
-                &url, "--name", "alice", "--ca", &ca, "--cert", &cert, "--key", &key, "--send", "x",
-            ]))
-            .await
-        }
-    };
-    let with_new = send(new_ca).await;
-    assert!(with_new.status.success(), "{}", stderr(&with_new));
-    let with_old = send(ca).await;
-    assert_eq!(with_old.status.code(), Some(2));
-    assert!(
-        stderr(&with_old).contains("unknown issuer"),
-        "{}",
-        stderr(&with_old)
-    );
+    let alice_files = (alice_cert.as_str(), alice_key.as_str());
+    let with_new = mtls_client(&url, "alice", &new_ca, alice_files).await;
+    assert!(with_new.is_ok(), "{:?}", with_new.err());
+    drop(with_new);
+    let with_old = mtls_client(&url, "alice", &ca, alice_files).await;
+    let error = with_old.err().expect("the old CA no longer verifies").to_string();
+    assert!(error.contains("unknown issuer"), "{error}");
     gw.signal("-TERM");
     assert!(gw.wait().await.success());
 }

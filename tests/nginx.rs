@@ -30,8 +30,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStderr, Command};
-use wssgate::client::{ClientStream, ConnectOptions, connect};
-use wssgate::tls::{ClientTls, ServerTrust};
+use wssgate_client::connect::{ClientStream, ConnectOptions, connect};
+use wssgate_client::tls::{ClientTls, ServerTrust};
 
 /// Where the shipped files are.
 fn shipped(name: &str) -> (PathBuf, String) {
@@ -423,7 +423,7 @@ async fn nginx_passes_tls_through_with_a_proxy_protocol_header() {
 
     // Straight to the gateway, bypassing nginx: no PROXY header, no session.
     let refused = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-        wssgate::tls::client_config(
+        wssgate_client::tls::client_config(
             &ClientTls {
                 trust: ServerTrust::Ca(ca.clone()),
                 identity: None,

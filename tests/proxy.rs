@@ -40,7 +40,7 @@ async fn ws_after(
     before: &[u8],
     name: &str,
     headers: &[(&str, &str)],
-) -> (wssgate::client::ClientStream, SocketAddr) {
+) -> (wssgate_client::connect::ClientStream, SocketAddr) {
     let mut tcp = TcpStream::connect(gw.ws).await.expect("connect");
     let local = tcp.local_addr().expect("local address");
     tcp.write_all(before).await.expect("write PROXY header");
@@ -56,7 +56,7 @@ async fn ws_with(
     gw: &Gateway,
     name: &str,
     headers: &[(&str, &str)],
-) -> (wssgate::client::ClientStream, SocketAddr) {
+) -> (wssgate_client::connect::ClientStream, SocketAddr) {
     ws_after(gw, b"", name, headers).await
 }
 
@@ -411,11 +411,11 @@ async fn proxy_protocol_in_front_of_tls() {
     // TLS straight away, without the header: refused before any handshake.
     let tcp = TcpStream::connect(gw.ws).await.unwrap();
     let tls_connect = {
-        let policy = wssgate::tls::ClientTls {
-            trust: wssgate::tls::ServerTrust::Ca(ca.clone()),
+        let policy = wssgate_client::tls::ClientTls {
+            trust: wssgate_client::tls::ServerTrust::Ca(ca.clone()),
             identity: None,
         };
-        let config = wssgate::tls::client_config(&policy, Default::default()).unwrap();
+        let config = wssgate_client::tls::client_config(&policy, Default::default()).unwrap();
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
             .connect("localhost".try_into().unwrap(), tcp)
     };

@@ -12,9 +12,10 @@ use common::*;
 use serde_json::json;
 use tempfile::TempDir;
 use wssgate::certgen::{Ca, KeyType, Leaf, Pem};
-use wssgate::client::{ClientStream, ConnectError, ConnectOptions, connect};
-use wssgate::tls::danger::Expect;
-use wssgate::tls::{ClientTls, ServerTrust, fingerprint};
+use wssgate_client::connect::{ClientStream, ConnectError, ConnectOptions, connect};
+use wssgate_client::Expect;
+use wssgate_client::tls::{ClientTls, ServerTrust};
+use wssgate_pki::fingerprint;
 
 /// A throwaway PKI in a temp dir: our CA, an unrelated CA, and files.
 struct Pki {
@@ -690,9 +691,9 @@ async fn tls12_and_tls13_both_negotiate_http11() {
     let pki = Pki::new();
     let (cert, key, _) = pki.server();
     let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
-    let roots = wssgate::tls::load_roots(&pki.ca_file()).unwrap();
+    let roots = wssgate_pki::load_roots(&pki.ca_file()).unwrap();
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let mut config = rustls::ClientConfig::builder_with_provider(wssgate::tls::provider())
+        let mut config = rustls::ClientConfig::builder_with_provider(wssgate_pki::provider())
             .with_protocol_versions(&[version])
             .unwrap()
             .with_root_certificates(roots.clone())

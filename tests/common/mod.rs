@@ -352,7 +352,7 @@ pub async fn deliver(from: &mut Ws, from_name: &str, to: &mut Ws, to_name: &str)
 /// Opcodes of RFC 6455 frames (the load generator's, which has them too).
 /// Each test crate uses some of them, as with the rest of this module.
 #[allow(unused_imports)]
-pub use wssgate::bench::frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+pub use wssgate_wire::frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// A WebSocket client on a raw TCP stream, after a completed handshake.
 pub struct RawClient {

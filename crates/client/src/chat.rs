@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 pub use backoff::Backoff;
 pub use text::{Command, HELP, SYNC_ID, display, json_line, message, parse_line, send_frame};
 
-use crate::client::{self, ClientStream, ConnectError, ConnectInfo, ConnectOptions};
+use crate::connect::{self, ClientStream, ConnectError, ConnectInfo, ConnectOptions};
 use crate::tls::ServerTrust;
-use crate::tls::danger::Expect;
+use wssgate_pki::danger::Expect;
 use text::{clean, error_notice, is_sync_reply, request, sync_request};
 
 /// Lines read ahead from stdin.
@@ -309,7 +309,7 @@ fn check_files(opts: &ConnectOptions) -> Result<(), ConnectError> {
         crate::tls::client_config(&opts.tls, Default::default())?;
     }
     if let ServerTrust::Fingerprint(Expect::FirstUse { .. }) = opts.tls.trust {
-        client::known_fingerprint(&opts.known_hosts, "")?;
+        connect::known_fingerprint(&opts.known_hosts, "")?;
     }
     Ok(())
 }
@@ -320,7 +320,7 @@ async fn connect(
     interrupt: &CancellationToken,
 ) -> Option<Result<(ClientStream, ConnectInfo), ConnectError>> {
     tokio::select! {
-        result = tokio::time::timeout(CONNECT_TIMEOUT, client::connect(opts)) => Some(match result {
+        result = tokio::time::timeout(CONNECT_TIMEOUT, connect::connect(opts)) => Some(match result {
             Ok(result) => result,
             Err(_) => Err(ConnectError::Handshake(format!(
                 "no answer from {} within {}s",

@@ -1,5 +1,5 @@
 //! The load generator behind `wssgate-bench`: drives any server that speaks
-//! PROTOCOL.md (names in `Origin`) over ws or wss, and reports throughput,
+//! `docs/PROTOCOL.md` (names in `Origin`) over ws or wss, and reports throughput,
 //! latency, memory per connection and handshake rate, with its own CPU time
 //! so that a report shows whether the load generator was the limit.
 //!
@@ -7,7 +7,8 @@
 //! - [`conn`]: dialing (source addresses, TLS) and the client side of the upgrade.
 //! - [`frame`]: the hot path's framing: masked frames, parsing, timestamp templates.
 //! - [`stats`]: latency summaries, CPU time and RSS from `/proc`, progress, open files.
-//! - [`pace`]: the open-loop schedule of `pairs --rate` (sub-millisecond spacing).
+//! - [`pace`]: the open-loop schedule of `pairs --rate` (sub-millisecond
+//!   spacing, on a Linux timerfd; elsewhere `--rate` is refused).
 //! - [`pairs`], [`fanout`], [`idle`], [`connect`]: the scenarios.
 //! - [`stalled`]: `pairs --stalled`: clients that never read, the feeder
 //!   that keeps their queues full, their reconnects, the server's RSS.
@@ -23,6 +24,10 @@ pub mod fanout;
 pub mod frame;
 pub mod idle;
 pub mod options;
+#[cfg(target_os = "linux")]
+pub mod pace;
+#[cfg(not(target_os = "linux"))]
+#[path = "pace_elsewhere.rs"]
 pub mod pace;
 pub mod pairs;
 pub mod stalled;

@@ -10,9 +10,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, OtherError, SignatureScheme};
 
-use super::fingerprint;
+use crate::fingerprint;
 
 /// The one check every verifier here keeps: handshake signatures, with the
 /// provider's algorithms.
@@ -134,6 +134,45 @@ pub enum Expect {
     },
 }
 
+/// Why [`FingerprintVerifier`] refused a server: carried inside
+/// `rustls::Error::Other`, so that a client can match it
+/// ([`Mismatch::find`]) instead of reading the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    /// The server's fingerprint is not the pinned one (`--pin`).
+    #[error("pin mismatch: the server presented {got}, the pin is {pin}")]
+    Pin {
+        /// The pinned fingerprint.
+        pin: String,
+        /// What the server presented.
+        got: String,
+    },
+    /// The server's fingerprint differs from the one stored on first use.
+    #[error("server certificate changed since first use: it was {known}, now {got}")]
+    Changed {
+        /// The fingerprint stored for this host.
+        known: String,
+        /// What the server presented.
+        got: String,
+    },
+}
+
+impl Mismatch {
+    /// The mismatch inside a rustls error, if that is what it is.
+    pub fn find(error: &Error) -> Option<&Mismatch> {
+        match error {
+            Error::Other(OtherError(inner)) => inner.downcast_ref::<Mismatch>(),
+            _ => None,
+        }
+    }
+}
+
+impl From<Mismatch> for Error {
+    fn from(m: Mismatch) -> Error {
+        Error::Other(OtherError(Arc::new(m)))
+    }
+}
+
 /// Client side of `--accept-all`, `--verify-none` and `--pin`: no chain
 /// validation, no hostname check; the server's end-entity fingerprint is
 /// checked against [`Expect`] and recorded for the caller.
@@ -175,15 +214,19 @@ impl ServerCertVerifier for FingerprintVerifier {
             Expect::Pin(pin) if pin.eq_ignore_ascii_case(&got) => {
                 Ok(ServerCertVerified::assertion())
             }
-            Expect::Pin(pin) => Err(Error::General(format!(
-                "pin mismatch: the server presented {got}, the pin is {pin}"
-            ))),
+            Expect::Pin(pin) => Err(Mismatch::Pin {
+                pin: pin.clone(),
+                got,
+            }
+            .into()),
             Expect::FirstUse {
                 known: Some(known),
                 accept_new: false,
-            } if known != &got => Err(Error::General(format!(
-                "server certificate changed since first use: it was {known}, now {got}"
-            ))),
+            } if known != &got => Err(Mismatch::Changed {
+                known: known.clone(),
+                got,
+            }
+            .into()),
             Expect::FirstUse { .. } => Ok(ServerCertVerified::assertion()),
         }
     }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::http::Uri;
 
 use super::frame::Reader;
 use super::options::Common;
-use crate::tls::{self, ClientTls, ServerTrust};
+use wssgate_client::tls::{self, ClientTls, ServerTrust};
 
 /// Time allowed for TCP connect, TLS and the upgrade together.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

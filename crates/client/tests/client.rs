@@ -4,6 +4,8 @@
 //! --verify-none). Every wait awaits a line the client prints or a socket
 //! event; nothing sleeps.
 
+// The gateway's own test helpers: a real gateway on port 0, raw clients.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -17,8 +19,8 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_tungstenite::tungstenite::Message;
 use wssgate::certgen::{Ca, KeyType, Leaf, Pem};
-use wssgate::client::{ClientStream, ConnectOptions};
-use wssgate::tls::{ClientTls, ServerTrust};
+use wssgate_client::connect::{ClientStream, ConnectOptions};
+use wssgate_client::tls::{ClientTls, ServerTrust};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wssgate-client");
 
@@ -530,7 +532,7 @@ async fn connect_wss(gw: &Gateway, name: &str, ca: &str) -> ClientStream {
         },
         known_hosts: PathBuf::from("unused"),
     };
-    let (ws, _) = tokio::time::timeout(WAIT, wssgate::client::connect(&opts))
+    let (ws, _) = tokio::time::timeout(WAIT, wssgate_client::connect::connect(&opts))
         .await
         .expect("connect in time")
         .expect("wss connect");
@@ -585,8 +587,8 @@ async fn accept_all_trusts_on_first_use_and_refuses_a_changed_certificate() {
     let known = known_hosts.to_str().expect("utf-8 path");
     let (_, leaf_a) = server_cert(&dir, "a");
     let (_, leaf_b) = server_cert(&dir, "b");
-    let fp_a = wssgate::tls::fingerprint(&leaf_a.der);
-    let fp_b = wssgate::tls::fingerprint(&leaf_b.der);
+    let fp_a = wssgate_pki::fingerprint(&leaf_a.der);
+    let fp_b = wssgate_pki::fingerprint(&leaf_b.der);
     let gw_a = start_tls(&dir, "a", &leaf_a).await;
     let gw_b = start_tls(&dir, "b", &leaf_b).await;
     let tofu = |url: &str, extra: &[&str]| {
@@ -657,7 +659,7 @@ async fn pin_and_verify_none() {
     let (_, leaf) = server_cert(&dir, "a");
     let gw = start_tls(&dir, "a", &leaf).await;
     let url = wss_url(&gw);
-    let fp = wssgate::tls::fingerprint(&leaf.der);
+    let fp = wssgate_pki::fingerprint(&leaf.der);
 
     let done = run(&[
         &url,

@@ -57,7 +57,7 @@ pub const MAX_STALLED: usize = 1000;
 pub const MAX_STALLED_RATE: f64 = 10_000.0;
 /// Largest `--stalled-size`: the gateway's default `max_message_size`
 /// (a larger message would close the feeder with 1009).
-pub const MAX_STALLED_SIZE: usize = crate::config::DEFAULT_MAX_MESSAGE_SIZE;
+pub const MAX_STALLED_SIZE: usize = wssgate_wire::DEFAULT_MAX_MESSAGE_SIZE;
 /// Shortest time between two connection attempts of one stalled client
 /// (at most 10 reconnects a second each).
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use wssgate::bench::{self, Options};
+use wssgate_bench::{self as bench, Options};
 
 fn main() -> ExitCode {
     let opts = Options::parse();

@@ -1,12 +1,15 @@
 //! The load generator end to end: each scenario runs briefly, with few
 //! connections, against an in-process gateway, and reports sane figures.
 
+// The gateway's own test helpers: start a real gateway on port 0, read its
+// metrics.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use clap::Parser;
-use wssgate::bench::pairs::PairsFigures;
-use wssgate::bench::{self, Figures, Options, Report};
 use wssgate::certgen::{GenCerts, KeyType, files, gen_certs};
+use wssgate_bench::pairs::PairsFigures;
+use wssgate_bench::{self as bench, Figures, Options, Report};
 
 /// Runs `wssgate-bench ARGS` in this test's runtime: one second measured,
 /// a short warm-up, no progress line.

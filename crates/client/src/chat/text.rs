@@ -5,8 +5,8 @@
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::identity::GATEWAY_NAME;
-use crate::protocol::check_room;
+use wssgate_wire::GATEWAY_NAME;
+use wssgate_wire::check_room;
 
 /// The `id` of the `list` request used as a barrier: the gateway handles a
 /// session's frames in order, so its reply proves every earlier frame was

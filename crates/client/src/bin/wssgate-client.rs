@@ -1,5 +1,5 @@
 //! The `wssgate-client` command: parses flags and calls the library
-//! (`wssgate::chat` on top of `wssgate::client`).
+//! (`wssgate_client::chat` on top of `wssgate_client::connect`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -7,11 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{ArgGroup, Parser};
-use wssgate::chat::{self, Chat, Exit, Reconnect, Task};
-use wssgate::client::{ConnectOptions, default_known_hosts};
-use wssgate::protocol::check_room;
-use wssgate::tls::danger::Expect;
-use wssgate::tls::{ClientTls, ServerTrust};
+use wssgate_client::chat::{self, Chat, Exit, Reconnect, Task};
+use wssgate_client::connect::{ConnectOptions, default_known_hosts};
+use wssgate_wire::check_room;
+use wssgate_client::Expect;
+use wssgate_client::tls::{ClientTls, ServerTrust};
 
 const AFTER_HELP: &str = "\
 Input (a terminal, or lines piped to stdin):

@@ -20,18 +20,7 @@ use std::ops::Range;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Opcodes of RFC 6455 frames.
-pub const OP_CONTINUATION: u8 = 0x0;
-/// Text frame.
-pub const OP_TEXT: u8 = 0x1;
-/// Binary frame.
-pub const OP_BINARY: u8 = 0x2;
-/// Close frame.
-pub const OP_CLOSE: u8 = 0x8;
-/// Ping frame.
-pub const OP_PING: u8 = 0x9;
-/// Pong frame.
-pub const OP_PONG: u8 = 0xA;
+pub use wssgate_wire::frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// Marks the timestamp in a message: `~t` then [`TS_DIGITS`] digits
 /// (nanoseconds since the run's epoch), then [`SEQ_DIGITS`] digits of

@@ -1,0 +1,187 @@
+//! What the gateway itself sends a client: a notice, `src` `@gateway`, one
+//! variant per `type`, each with its own fields (`docs/PROTOCOL.md`,
+//! "Notices").
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::name::GATEWAY_NAME;
+
+/// A gateway notice for the client `dst`. Serializes as
+/// `{"src":"@gateway","dst":...,"type":...,...}`.
+#[derive(Debug, Serialize)]
+pub struct Notice<'a> {
+    src: &'static str,
+    dst: &'a str,
+    #[serde(flatten)]
+    body: Body<'a>,
+}
+
+/// The `type` of a notice and the fields that go with it.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Body<'a> {
+    /// A request the gateway could not honour.
+    Error {
+        /// What went wrong, for a person.
+        msg: String,
+        /// The request's `id`, when it had one.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
+    /// The reply to `list`: the names connected, or in a room.
+    List {
+        /// `N connected` or `N in #room`.
+        msg: String,
+        /// The request's `id`, when it had one.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+        /// The names, sorted.
+        names: &'a [String],
+        /// The room listed, for a room's list.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+    },
+    /// A client connected or disconnected (`[routing] presence`).
+    Presence {
+        /// `NAME connected` or `NAME disconnected`.
+        msg: String,
+        /// Which of the two.
+        event: Presence,
+        /// The client concerned.
+        name: &'a str,
+    },
+}
+
+/// The `event` of a presence notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// The client connected.
+    Join,
+    /// The client disconnected.
+    Leave,
+}
+
+impl<'a> Notice<'a> {
+    fn new(dst: &'a str, body: Body<'a>) -> Self {
+        Notice {
+            src: GATEWAY_NAME,
+            dst,
+            body,
+        }
+    }
+
+    /// An `error` notice for `dst`, with `ref` when the request had an `id`.
+    pub fn error(dst: &'a str, msg: impl Into<String>, reference: Option<&'a RawValue>) -> Self {
+        let msg = msg.into();
+        Notice::new(dst, Body::Error { msg, reference })
+    }
+
+    /// The reply to `list`.
+    pub fn list(
+        dst: &'a str,
+        names: &'a [String],
+        room: Option<&'a str>,
+        reference: Option<&'a RawValue>,
+    ) -> Self {
+        let msg = match room {
+            Some(room) => format!("{} in {room}", names.len()),
+            None => format!("{} connected", names.len()),
+        };
+        let body = Body::List {
+            msg,
+            reference,
+            names,
+            room,
+        };
+        Notice::new(dst, body)
+    }
+
+    /// A presence notice: `name` connected ([`Presence::Join`]) or
+    /// disconnected ([`Presence::Leave`]).
+    pub fn presence(dst: &'a str, event: Presence, name: &'a str) -> Self {
+        let verb = match event {
+            Presence::Join => "connected",
+            Presence::Leave => "disconnected",
+        };
+        let msg = format!("{name} {verb}");
+        Notice::new(dst, Body::Presence { msg, event, name })
+    }
+
+    /// What the notice says, for a person.
+    pub fn body(&self) -> &Body<'a> {
+        &self.body
+    }
+
+    /// The notice as a JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing strings, string slices and already-valid raw JSON into
+        // a String cannot fail.
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| unreachable!("a notice holds only strings and JSON values"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn parse(n: &Notice<'_>) -> Value {
+        serde_json::from_str(&n.to_json()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn each_type_has_its_own_fields() {
+        let id = RawValue::from_string("7".into()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            parse(&Notice::error("a", "no", Some(&id))),
+            json!({"src":"@gateway","dst":"a","type":"error","msg":"no","ref":7})
+        );
+        assert_eq!(
+            parse(&Notice::error("a", "no", None)),
+            json!({"src":"@gateway","dst":"a","type":"error","msg":"no"})
+        );
+        let names = ["a".to_owned(), "b".to_owned()];
+        assert_eq!(
+            parse(&Notice::list("a", &names, Some("#r"), None)),
+            json!({"src":"@gateway","dst":"a","type":"list","msg":"2 in #r","names":["a","b"],"room":"#r"})
+        );
+        assert_eq!(
+            parse(&Notice::presence("a", Presence::Leave, "b")),
+            json!({"src":"@gateway","dst":"a","type":"presence","msg":"b disconnected","event":"leave","name":"b"})
+        );
+    }
+
+    #[test]
+    fn the_wire_order_starts_with_src_dst_type() {
+        let text = Notice::presence("a", Presence::Join, "b").to_json();
+        assert!(
+            text.starts_with(r#"{"src":"@gateway","dst":"a","type":"presence","#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn notices() {
+        let id = RawValue::from_string("3".into()).unwrap_or_else(|e| panic!("{e}"));
+        let n: Value = serde_json::from_str(
+            &Notice::error("bob", "recipient not connected: x", Some(&id)).to_json(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            n,
+            json!({"src":"@gateway","dst":"bob","type":"error","msg":"recipient not connected: x","ref":3})
+        );
+        let names = vec!["a".to_owned(), "b".to_owned()];
+        let n: Value =
+            serde_json::from_str(&Notice::list("a", &names, None, None).to_json()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n["names"], json!(["a", "b"]));
+        assert_eq!(n["type"], "list");
+        let n: Value = serde_json::from_str(&Notice::presence("a", Presence::Join, "b").to_json()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n["event"], "join");
+        assert_eq!(n["name"], "b");
+    }
+}
