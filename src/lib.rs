@@ -29,6 +29,7 @@
 pub mod admin;
 pub mod busypoll;
 pub mod certgen;
+pub mod close;
 pub mod config;
 pub mod events;
 pub mod gateway;

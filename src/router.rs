@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::SystemTime;
 
@@ -16,16 +16,12 @@ use indexmap::IndexMap;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::close::{Close, CloseOrder};
 use crate::config::DuplicatePolicy;
 use crate::events::{Event, Events};
 use crate::identity::{Claim, ClientName, MAX_NAME_LEN, qt_latin1};
 use crate::metrics::{ErrorKind, Metrics};
 use wssgate_wire::notice::{Notice, Presence};
-
-/// Close code for a session replaced by a newer one of the same name.
-pub const CLOSE_REPLACED: u16 = 4000;
-/// Close code for a slow consumer.
-pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 
 /// Facts about a session shown to the operator.
 #[derive(Debug, Clone)]
@@ -48,7 +44,7 @@ pub struct SessionHandle {
     provisional: AtomicBool,
     outbox: Arc<Outbox>,
     close: CancellationToken,
-    close_code: AtomicU16,
+    close_order: CloseOrder,
     /// Operator-facing facts.
     pub info: ClientInfo,
 }
@@ -102,18 +98,15 @@ impl SessionHandle {
         self.close.cancelled()
     }
 
-    /// The close code asked for, if any (0 when the shutdown closed it).
-    pub fn close_code(&self) -> u16 {
-        self.close_code.load(Ordering::Acquire)
+    /// The close ordered, if any (none when the shutdown closed it).
+    pub fn close_order(&self) -> Option<Close> {
+        self.close_order.get()
     }
 
-    /// Asks the session to close with `code`; the first code asked wins.
+    /// Asks the session to close for `close`; the first order wins.
     /// Returns true if this call was the first.
-    pub fn close_with(&self, code: u16) -> bool {
-        let first = self
-            .close_code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+    pub fn close_with(&self, close: Close) -> bool {
+        let first = self.close_order.set(close);
         self.close.cancel();
         first
     }
@@ -125,7 +118,7 @@ impl SessionHandle {
             Ok(()) => true,
             Err(PushError::Full) => {
                 router.metrics.queue_drop();
-                if self.close_with(CLOSE_SLOW_CONSUMER) {
+                if self.close_with(Close::SlowConsumer) {
                     router.metrics.error(ErrorKind::slow_consumer);
                     let name = self.name();
                     tracing::warn!(client = %name, remote = %self.info.remote, "outbound queue full, closing slow consumer");
@@ -281,7 +274,7 @@ impl Router {
             provisional: AtomicBool::new(claim.provisional),
             outbox,
             close,
-            close_code: AtomicU16::new(0),
+            close_order: CloseOrder::default(),
             info,
         });
         let mut state = self.write();
@@ -301,7 +294,7 @@ impl Router {
                     DuplicatePolicy::Replace => {
                         for old in conflicts {
                             tracing::info!(client = %claim.name, remote = %old.info.remote, "replaced by a newer session");
-                            old.close_with(CLOSE_REPLACED);
+                            old.close_with(Close::Replaced);
                             state.remove(&old);
                         }
                     }
@@ -699,7 +692,7 @@ mod tests {
         let r = router(DuplicatePolicy::Replace);
         let a1 = connect(&r, "a", 8).unwrap();
         let _a2 = connect(&r, "a", 8).unwrap();
-        assert_eq!(a1.handle.close_code(), CLOSE_REPLACED);
+        assert_eq!(a1.handle.close_order(), Some(Close::Replaced));
         assert_eq!(r.len(), 1);
         r.remove(&a1.handle);
         assert_eq!(
@@ -835,7 +828,7 @@ mod tests {
                 queued: 0
             }
         );
-        assert_eq!(slow.handle.close_code(), CLOSE_SLOW_CONSUMER);
+        assert_eq!(slow.handle.close_order(), Some(Close::SlowConsumer));
         assert_eq!(r.send_to_name("fast", || Message::text("y")).queued, 1);
         assert_eq!(fast.texts(), ["y"]);
     }

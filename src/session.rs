@@ -16,25 +16,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 use crate::busypoll::BusyPoll;
+use crate::close::Close;
 use crate::events::Event;
 use crate::identity::ClientName;
 use crate::metrics::{ErrorKind, RouteKind};
 use crate::protocol::{self, Envelope, Forward, Request};
-use wssgate_wire::Notice;
-use crate::router::{
-    CLOSE_REPLACED, CLOSE_SLOW_CONSUMER, Delivery, RouteCache, Router, SessionHandle,
-};
+use crate::router::{Delivery, RouteCache, Router, SessionHandle};
 use serde_json::value::RawValue;
+use wssgate_wire::Notice;
 
 /// Frames written per flush at most, so one busy queue cannot starve reading.
 const MAX_BATCH: usize = 64;
-/// Close code and reason for a peer silent longer than `idle_timeout`.
-const CLOSE_IDLE: u16 = 1000;
-const IDLE_REASON: &str = "idle timeout";
 /// Time given to a slow consumer's close frame before the socket is dropped.
 const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -56,7 +51,7 @@ pub struct SessionTimers {
 enum End {
     ClientClosed,
     Gone(String),
-    Closed { code: u16, reason: &'static str },
+    Closed(Close),
 }
 
 /// Runs a session to its end: the handle is removed from the router, the
@@ -90,7 +85,7 @@ pub async fn run<S>(
     let end = loop {
         tokio::select! {
             biased;
-            () = handle.closed() => break closing_end(handle.close_code()),
+            () = handle.closed() => break ordered_end(&handle),
             Some(first) = rx.pop() => {
                 let batch = write_batch(&mut ws, first, &rx);
                 if let Err(end) = guarded(batch, &handle, &mut ping, stall_ticks).await {
@@ -126,7 +121,7 @@ pub async fn run<S>(
                 heard = false;
                 if silent >= timers.idle_timeout {
                     router.metrics().error(ErrorKind::idle_timeout);
-                    break End::Closed { code: CLOSE_IDLE, reason: IDLE_REASON };
+                    break End::Closed(Close::Idle);
                 }
                 let ping_frame = ws.send(Message::Ping(Bytes::new()));
                 if let Err(end) = guarded(ping_frame, &handle, &mut ping, stall_ticks).await {
@@ -142,10 +137,10 @@ pub async fn run<S>(
     let reason = match &end {
         End::ClientClosed => "client closed".to_owned(),
         End::Gone(why) => why.clone(),
-        End::Closed { code, reason } => format!("closed by gateway: {code} {reason}"),
+        End::Closed(why) => format!("closed by gateway: {} {}", why.code().code(), why.reason()),
     };
-    if let End::Closed { code, reason } = end {
-        close(&mut ws, &rx, code, reason, timers.close_grace).await;
+    if let End::Closed(why) = end {
+        close(&mut ws, &rx, why, timers.close_grace).await;
     }
     on_end();
     tracing::info!(client = %name, %remote, %reason, "disconnected");
@@ -174,33 +169,25 @@ where
     loop {
         tokio::select! {
             biased;
-            () = handle.closed() => return Err(closing_end(handle.close_code())),
+            () = handle.closed() => return Err(ordered_end(handle)),
             result = &mut write => {
                 return result.map_err(|e| End::Gone(format!("write failed: {e}")));
             }
             _ = ping.tick() => {
                 ticks += 1;
                 if ticks >= stall_ticks {
-                    handle.close_with(CLOSE_SLOW_CONSUMER);
-                    return Err(End::Closed { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer" });
+                    handle.close_with(Close::SlowConsumer);
+                    return Err(End::Closed(Close::SlowConsumer));
                 }
             }
         }
     }
 }
 
-/// The end chosen by whoever cancelled the session.
-fn closing_end(code: u16) -> End {
-    let reason = match code {
-        CLOSE_REPLACED => "replaced",
-        CLOSE_SLOW_CONSUMER => "slow consumer",
-        1009 => "message too big",
-        _ => "gateway shutting down",
-    };
-    End::Closed {
-        code: if code == 0 { 1001 } else { code },
-        reason,
-    }
+/// The end chosen by whoever cancelled the session: its order, or the
+/// shutdown when nobody gave one.
+fn ordered_end(handle: &SessionHandle) -> End {
+    End::Closed(handle.close_order().unwrap_or(Close::ShuttingDown))
 }
 
 /// Feeds `first` and every frame already queued (up to a batch), then flushes once.
@@ -232,25 +219,19 @@ where
 
 /// Sends what is queued, then the close frame, and waits for the peer's
 /// close reply; all within `grace`.
-async fn close<S>(
-    ws: &mut WebSocketStream<S>,
-    rx: &Outbox,
-    code: u16,
-    reason: &'static str,
-    grace: Duration,
-) where
+async fn close<S>(ws: &mut WebSocketStream<S>, rx: &Outbox, why: Close, grace: Duration)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: Utf8Bytes::from_static(reason),
+        code: why.code().code().into(),
+        reason: Utf8Bytes::from_static(why.reason()),
     };
-    // A slow consumer is not reading and an idle peer is not answering:
-    // their queue stays behind, and their close frame gets only a short time.
-    let (drain, grace) = if code == CLOSE_SLOW_CONSUMER || reason == IDLE_REASON {
-        (false, SLOW_CLOSE_TIMEOUT.min(grace))
+    let drain = why.drains_queue();
+    let grace = if drain {
+        grace
     } else {
-        (true, grace)
+        SLOW_CLOSE_TIMEOUT.min(grace)
     };
     let closing = async {
         if drain {
@@ -282,26 +263,17 @@ fn on_read_error(router: &Router, handle: &SessionHandle, e: WsError) -> End {
                 remote,
                 msg: "message too large",
             });
-            End::Closed {
-                code: 1009,
-                reason: "message too big",
-            }
+            End::Closed(Close::TooBig)
         }
         WsError::Capacity(e) => {
             router.metrics().error(ErrorKind::too_large);
             tracing::debug!(client = %name, %remote, error = %e, "capacity exceeded");
-            End::Closed {
-                code: 1009,
-                reason: "message too big",
-            }
+            End::Closed(Close::TooBig)
         }
         WsError::Utf8(e) => {
             router.metrics().error(ErrorKind::protocol);
             tracing::debug!(client = %name, %remote, error = %e, "text frame is not UTF-8");
-            End::Closed {
-                code: 1007,
-                reason: "text frame is not valid UTF-8",
-            }
+            End::Closed(Close::InvalidUtf8)
         }
         // The peer's TCP connection ended without a close frame (it vanished,
         // perhaps mid-message): nobody is left to send a close to, and it
@@ -312,10 +284,7 @@ fn on_read_error(router: &Router, handle: &SessionHandle, e: WsError) -> End {
         WsError::Protocol(e) => {
             router.metrics().error(ErrorKind::protocol);
             tracing::debug!(client = %name, %remote, error = %e, "protocol violation");
-            End::Closed {
-                code: 1002,
-                reason: "protocol error",
-            }
+            End::Closed(Close::Protocol)
         }
         other => End::Gone(format!("read failed: {other}")),
     }

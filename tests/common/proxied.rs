@@ -18,8 +18,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use wssgate_client::{ClientStream, Io};
 use wssgate_client::tls::{ClientTls, ServerTrust};
+use wssgate_client::{ClientStream, Io};
 
 use crate::common::{Gateway, WAIT};
 
@@ -46,7 +46,8 @@ pub async fn tls_over<S: Io>(stream: S, ca: &Path) -> TlsStream<S> {
         trust: ServerTrust::Ca(ca.to_owned()),
         identity: None,
     };
-    let config = wssgate_client::tls::client_config(&policy, Arc::new(Mutex::new(None))).expect("CA");
+    let config =
+        wssgate_client::tls::client_config(&policy, Arc::new(Mutex::new(None))).expect("CA");
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
     tokio::time::timeout(WAIT, connector.connect(name, stream))

@@ -16,17 +16,17 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
+use wssgate_wire::CloseCode;
 
 pub use backoff::Backoff;
 pub use text::{Command, HELP, SYNC_ID, display, json_line, message, parse_line, send_frame};
 
 use crate::connect::{self, ClientStream, ConnectError, ConnectInfo, ConnectOptions};
 use crate::tls::ServerTrust;
-use wssgate_pki::danger::Expect;
 use text::{clean, error_notice, is_sync_reply, request, sync_request};
+use wssgate_pki::danger::Expect;
 
 /// Lines read ahead from stdin.
 const INPUT_QUEUE: usize = 64;
@@ -396,15 +396,16 @@ async fn next_frame(ws: &mut ClientStream) -> Seen {
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
             Some(Ok(Message::Close(frame))) => {
                 let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
+                    .map(|f| (CloseCode::from(u16::from(f.code)), f.reason.to_string()))
+                    .unwrap_or((CloseCode::NoStatus, String::new()));
                 let reason = if reason.is_empty() {
-                    close_code_meaning(code).to_owned()
+                    code.meaning().to_owned()
                 } else {
                     clean(&reason)
                 };
                 note(format_args!(
-                    "disconnected: the gateway closed the connection ({code} {reason})"
+                    "disconnected: the gateway closed the connection ({} {reason})",
+                    code.code()
                 ));
                 // Reading on sends tungstenite's close reply and ends the stream.
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -413,7 +414,7 @@ async fn next_frame(ws: &mut ClientStream) -> Seen {
                 .await;
                 // A newer session with our name replaced us, or policy refused
                 // us: coming back would only repeat it.
-                let permanent = matches!(code, 4000 | 1008);
+                let permanent = code.is_permanent();
                 return Seen::Ended(End::Lost { permanent });
             }
             Some(Err(e)) => {
@@ -425,21 +426,6 @@ async fn next_frame(ws: &mut ClientStream) -> Seen {
                 return Seen::Ended(End::Lost { permanent: false });
             }
         }
-    }
-}
-
-/// Words for the close codes of PROTOCOL.md section 3.
-fn close_code_meaning(code: u16) -> &'static str {
-    match code {
-        1000 => "normal closure",
-        1001 => "gateway shutting down",
-        1005 => "no close code",
-        1008 => "policy violation",
-        1009 => "message too big",
-        1011 => "internal error",
-        1013 => "slow consumer, try again later",
-        4000 => "replaced by a newer session",
-        _ => "",
     }
 }
 
@@ -456,7 +442,7 @@ async fn send_text(ws: &mut ClientStream, text: String) -> Result<(), End> {
 /// Closes with 1000 and waits (bounded) for the gateway's close reply.
 async fn close_normally(ws: &mut ClientStream) {
     let frame = CloseFrame {
-        code: CloseCode::Normal,
+        code: CloseCode::Normal.code().into(),
         reason: Utf8Bytes::from_static(""),
     };
     let closed = tokio::time::timeout(CLOSE_TIMEOUT, async {

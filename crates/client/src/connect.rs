@@ -12,9 +12,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::tls::{self, ClientTls, ServerTrust};
 use wssgate_pki::TlsError;
 use wssgate_pki::danger::Expect;
-use crate::tls::{self, ClientTls, ServerTrust};
 
 /// A byte stream, plain or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

@@ -108,7 +108,9 @@ mod tests {
 
     #[test]
     fn numbers_round_trip() {
-        for code in [1000, 1001, 1002, 1005, 1007, 1008, 1009, 1011, 1013, 4000, 4999] {
+        for code in [
+            1000, 1001, 1002, 1005, 1007, 1008, 1009, 1011, 1013, 4000, 4999,
+        ] {
             assert_eq!(CloseCode::from_code(code).code(), code);
         }
         assert_eq!(CloseCode::from_code(4000), CloseCode::Replaced);

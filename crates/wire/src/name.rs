@@ -109,7 +109,10 @@ mod tests {
             Err(NameError::TooLong)
         );
         assert!(ClientName::new(&"x".repeat(MAX_NAME_LEN)).is_ok());
-        assert_eq!(ClientName::new("C1我是客户端").map(|n| n.to_string()), Ok("C1我是客户端".into()));
+        assert_eq!(
+            ClientName::new("C1我是客户端").map(|n| n.to_string()),
+            Ok("C1我是客户端".into())
+        );
     }
 
     #[test]

@@ -176,11 +176,12 @@ mod tests {
             json!({"src":"@gateway","dst":"bob","type":"error","msg":"recipient not connected: x","ref":3})
         );
         let names = vec!["a".to_owned(), "b".to_owned()];
-        let n: Value =
-            serde_json::from_str(&Notice::list("a", &names, None, None).to_json()).unwrap_or_else(|e| panic!("{e}"));
+        let n: Value = serde_json::from_str(&Notice::list("a", &names, None, None).to_json())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n["names"], json!(["a", "b"]));
         assert_eq!(n["type"], "list");
-        let n: Value = serde_json::from_str(&Notice::presence("a", Presence::Join, "b").to_json()).unwrap_or_else(|e| panic!("{e}"));
+        let n: Value = serde_json::from_str(&Notice::presence("a", Presence::Join, "b").to_json())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n["event"], "join");
         assert_eq!(n["name"], "b");
     }

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{ArgGroup, Parser};
+use wssgate_client::Expect;
 use wssgate_client::chat::{self, Chat, Exit, Reconnect, Task};
 use wssgate_client::connect::{ConnectOptions, default_known_hosts};
-use wssgate_wire::check_room;
-use wssgate_client::Expect;
 use wssgate_client::tls::{ClientTls, ServerTrust};
+use wssgate_wire::check_room;
 
 const AFTER_HELP: &str = "\
 Input (a terminal, or lines piped to stdin):
