@@ -5,7 +5,7 @@
 //! its handshake with `toLatin1()`). A name that came from `Origin` and holds
 //! `?` may be a Qt name whose characters above U+00FF were replaced: it is
 //! *provisional* until the client's own JSON `src` tells the full name
-//! (PROTOCOL.md section 1).
+//! (`docs/PROTOCOL.md` section 2.3).
 
 use std::borrow::Cow;
 

@@ -1,5 +1,6 @@
 //! The wire protocol, pure and without I/O: what a client's text frame means
-//! (PROTOCOL.md section 2) and the notices the gateway sends (section 3).
+//! (`docs/PROTOCOL.md` section 3); the notices the gateway sends are
+//! `wssgate_wire::Notice` (section 4.3).
 //!
 //! Classification is one pass of serde_json over the frame into borrowed raw
 //! values of the five fields that matter (`dst`, `type`, `room`, `id`,

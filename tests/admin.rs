@@ -1,4 +1,4 @@
-//! PROTOCOL.md section 4 through real sockets: the operator API (clients,
+//! docs/PROTOCOL.md section 8 through real sockets: the operator API (clients,
 //! broadcast, send, events, health, metrics), its bearer token, and the
 //! config rule that keeps it off the network without one.
 

@@ -1,7 +1,7 @@
 //! The gateway with a real Qt client: tests/qt/main.cpp, built like the
 //! QWebSocket chat client of the article the gateway grew from (the client's
 //! name is its `origin()`, private messages are `{"src","dst","msg"}` compact
-//! JSON). PROTOCOL.md section 1 says such a client works unchanged, including
+//! JSON). docs/PROTOCOL.md section 2.3 says such a client works unchanged, including
 //! the names Qt mangles in the `Origin` header (`C1我是客户端` goes out as
 //! `C1?????`); here that is shown with Qt's own bytes on the wire.
 //!

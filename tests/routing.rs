@@ -1,4 +1,4 @@
-//! PROTOCOL.md sections 2 and 3 through real sockets: private messages,
+//! docs/PROTOCOL.md sections 3 and 4 through real sockets: private messages,
 //! rooms, list, messages to the server, notices, and bad input.
 
 mod common;

@@ -707,7 +707,7 @@ enum Notice {
     Other,
 }
 
-/// Reads a gateway notice (PROTOCOL.md section 3).
+/// Reads a gateway notice (`docs/PROTOCOL.md` section 4.3).
 fn classify(payload: &[u8]) -> Notice {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
         return Notice::Other;
