@@ -25,8 +25,6 @@ use crate::metrics::RouteKind;
 
 /// Interval of SSE keep-alive comments, so proxies keep the stream open.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
-/// How the `shutdown` event, the last of a stream, begins.
-const SHUTDOWN_EVENT: &str = r#"{"type":"shutdown""#;
 
 #[derive(Clone)]
 struct AdminState {
@@ -162,8 +160,9 @@ async fn events(
     let subscribed = futures_util::stream::once(async {
         Ok(SseEvent::default().data(r#"{"type":"subscribed"}"#))
     });
-    // The stream ends after the `shutdown` event (published just before
-    // the shutdown token is cancelled), or at the token if it lagged past it.
+    // The stream ends after the last event (`shutdown`, published just
+    // before the shutdown token is cancelled), or at the token if it lagged
+    // past it.
     let shutdown = state.shared.shutdown.clone();
     let stream = futures_util::stream::unfold(Some(receiver), move |receiver| {
         let shutdown = shutdown.clone();
@@ -173,15 +172,12 @@ async fn events(
                 biased;
                 next = receiver.recv() => next,
                 () = shutdown.cancelled() => match receiver.try_recv() {
-                    Ok(json) => Ok(json),
+                    Ok(published) => Ok(published),
                     Err(_) => return None,
                 },
             };
             let (event, last) = match next {
-                Ok(json) => (
-                    SseEvent::default().data(&*json),
-                    json.starts_with(SHUTDOWN_EVENT),
-                ),
+                Ok(published) => (SseEvent::default().data(&*published.json), published.last),
                 // A subscriber that falls behind skips events rather than holding memory.
                 Err(RecvError::Lagged(skipped)) => (
                     SseEvent::default().comment(format!("skipped {skipped} events")),

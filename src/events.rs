@@ -1,7 +1,9 @@
 //! Operator events: messages to the server, connects, disconnects and errors,
 //! fanned out to `GET /events` subscribers as JSON lines.
 //!
-//! An event is serialized once, and only when someone is listening.
+//! An event is serialized once, and only when someone is listening. What
+//! travels to subscribers is that JSON plus the little a subscriber must act
+//! on ([`Published::last`]), so no subscriber parses JSON to decide anything.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,10 +84,28 @@ pub enum Event<'a> {
     },
 }
 
+impl Event<'_> {
+    /// True for the event after which a stream has nothing more to say
+    /// ([`Event::Shutdown`]).
+    pub fn is_last(&self) -> bool {
+        matches!(self, Event::Shutdown)
+    }
+}
+
+/// An event as every subscriber receives it; cheap to clone (the JSON is shared).
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The event, serialized once for all subscribers.
+    pub json: Arc<str>,
+    /// The last event of a stream ([`Event::is_last`]): a subscriber ends
+    /// its stream after forwarding it.
+    pub last: bool,
+}
+
 /// The fan-out point; cheap to clone.
 #[derive(Clone)]
 pub struct Events {
-    tx: broadcast::Sender<Arc<str>>,
+    tx: broadcast::Sender<Published>,
 }
 
 impl Events {
@@ -102,13 +122,17 @@ impl Events {
             return;
         }
         if let Ok(json) = serde_json::to_string(event) {
+            let published = Published {
+                json: json.into(),
+                last: event.is_last(),
+            };
             // An error here only means every subscriber left meanwhile.
-            let _ = self.tx.send(json.into());
+            let _ = self.tx.send(published);
         }
     }
 
     /// A new subscriber, seeing events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.tx.subscribe()
     }
 }
@@ -116,5 +140,29 @@ impl Events {
 impl Default for Events {
     fn default() -> Self {
         Events::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_shutdown_event_is_last() {
+        let events = Events::new();
+        let mut rx = events.subscribe();
+        let remote: SocketAddr = ([127, 0, 0, 1], 9).into();
+        events.publish(&Event::Connect {
+            name: "a",
+            remote,
+            listener: "ws",
+        });
+        events.publish(&Event::Shutdown);
+        let connect = rx.try_recv().expect("the connect event");
+        assert!(!connect.last);
+        assert!(connect.json.starts_with(r#"{"type":"connect""#));
+        let shutdown = rx.try_recv().expect("the shutdown event");
+        assert!(shutdown.last);
+        assert_eq!(&*shutdown.json, r#"{"type":"shutdown"}"#);
     }
 }
