@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio_tungstenite::tungstenite::Message;
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 use wssgate::Config;
 use wssgate_client::tls::{ClientTls, ServerTrust};
 use wssgate_client::{ClientStream, ConnectError, ConnectOptions, connect};
@@ -252,9 +252,15 @@ async fn serve_admin_commands_and_sigterm() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     assert!(lines[0].starts_with("NAME"), "{text}");
+    let mut failures = Failures::new();
     for word in ["REMOTE", "LISTENER", "TLS", "CONNECTED"] {
-        assert!(lines[0].contains(word), "{text}");
+        failures.check(
+            format_args!("column {word}"),
+            lines[0].contains(word),
+            format_args!("not in the header line of {text:?}"),
+        );
     }
+    failures.assert_none();
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
         row[..4],
@@ -499,18 +505,53 @@ async fn check_config_reports_file_line_and_reason() {
         ),
         ("[[listener]\n", 1, ""),
     ];
+    let mut failures = Failures::new();
     for (text, line, reason) in cases {
+        let case = format!("{text:?}");
         let config = TempConfig::new("bad", text);
-        let out = run(wssgate(&["check-config", &config.arg()])).await;
+        let ran = failures
+            .catch(&case, run(wssgate(&["check-config", &config.arg()])))
+            .await;
+        let Some(out) = ran else { continue };
         let err = stderr(&out);
-        assert!(!out.status.success(), "accepted:\n{text}");
-        assert_ne!(out.status.code(), Some(0));
+        failures.check(
+            &case,
+            !out.status.success(),
+            format_args!("accepted ({})", out.status),
+        );
+        failures.check(
+            &case,
+            out.status.code() != Some(0),
+            format_args!(
+                "exit code {:?}, expected it not to be Some(0)",
+                out.status.code()
+            ),
+        );
         let located = format!("{}:{line}: ", config.arg());
-        assert!(err.contains(&located), "expected {located:?} in {err:?}");
-        assert!(err.contains(reason), "expected {reason:?} in {err:?}");
-        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-        assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+        failures.check(
+            &case,
+            err.contains(&located),
+            format_args!("expected {located:?} in {err:?}"),
+        );
+        failures.check(
+            &case,
+            err.contains(reason),
+            format_args!("expected {reason:?} in {err:?}"),
+        );
+        failures.check_eq(
+            &case,
+            err.trim_end().lines().count(),
+            1,
+            format_args!("lines of stderr {err:?}"),
+        );
+        let out = stdout(&out);
+        failures.check(
+            &case,
+            out.is_empty(),
+            format_args!("expected nothing on stdout, got {out:?}"),
+        );
     }
+    failures.assert_none();
 }
 
 #[tokio::test]
@@ -578,11 +619,12 @@ fn every_shipped_config_loads() {
     let mut found = Vec::new();
     tomls(&dir, &mut found);
     assert!(!found.is_empty(), "no *.toml under {}", dir.display());
+    let mut failures = Failures::new();
     for path in &found {
-        if let Err(e) = Config::load(path) {
-            panic!("{e}");
-        }
+        let error = Config::load(path).err().map(|e| e.to_string());
+        failures.check(path.display(), error.is_none(), error.unwrap_or_default());
     }
+    failures.assert_none();
 }
 
 // ------------------------------------------------- gen-certs, wss, SIGHUP reload
@@ -629,6 +671,7 @@ async fn gen_certs_output_serves_mutual_tls_and_sighup_reloads() {
     .await;
     assert!(generated.status.success(), "{}", stderr(&generated));
     let text = stdout(&generated);
+    let mut failures = Failures::new();
     for file in [
         "ca.pem",
         "ca-key.pem",
@@ -637,11 +680,14 @@ async fn gen_certs_output_serves_mutual_tls_and_sighup_reloads() {
         "client-alice.pem",
         "client-bob-key.pem",
     ] {
-        assert!(
-            text.contains(&format!("wrote {}", out.join(file).display())),
-            "{text}"
+        let wrote = format!("wrote {}", out.join(file).display());
+        failures.check(
+            file,
+            text.contains(&wrote),
+            format_args!("expected {wrote:?} in {text:?}"),
         );
     }
+    failures.assert_none();
     assert!(text.contains("CA fingerprint: sha256:"), "{text}");
     assert!(
         text.contains("wssgate-client -- wss://localhost:8443/ --name alice"),
@@ -717,7 +763,10 @@ async fn gen_certs_output_serves_mutual_tls_and_sighup_reloads() {
     assert!(with_new.is_ok(), "{:?}", with_new.err());
     drop(with_new);
     let with_old = mtls_client(&url, "alice", &ca, alice_files).await;
-    let error = with_old.err().expect("the old CA no longer verifies").to_string();
+    let error = with_old
+        .err()
+        .expect("the old CA no longer verifies")
+        .to_string();
     assert!(error.contains("unknown issuer"), "{error}");
     gw.signal("-TERM");
     assert!(gw.wait().await.success());

@@ -12,8 +12,8 @@ use common::*;
 use serde_json::json;
 use tempfile::TempDir;
 use wssgate::certgen::{Ca, KeyType, Leaf, Pem};
-use wssgate_client::connect::{ClientStream, ConnectError, ConnectOptions, connect};
 use wssgate_client::Expect;
+use wssgate_client::connect::{ClientStream, ConnectError, ConnectOptions, connect};
 use wssgate_client::tls::{ClientTls, ServerTrust};
 use wssgate_pki::fingerprint;
 
@@ -221,9 +221,17 @@ async fn matrix_of_server_modes_and_client_policies() {
     let trusted = pki.client("alice-cert", &pki.ca, "client-trusted");
     let untrusted = pki.client("mallory-cert", &pki.other, "client-untrusted");
     let pin = fingerprint(&server_pem.der);
-    for (mode, extra, rows) in servers {
-        let extra = extra.replace("\"CA\"", &format!("{ca:?}"));
-        let gw = start_config(&tls_config(mode, &cert, &key, &extra)).await;
+    let mut failures = Failures::new();
+    for (mode, raw_extra, rows) in servers {
+        let server = format!("{mode} [{}]", raw_extra.replace('\n', ", "));
+        let extra = raw_extra.replace("\"CA\"", &format!("{ca:?}"));
+        let started = failures
+            .catch(
+                format_args!("{server} (gateway start; its {} cases not run)", rows.len()),
+                start_config(&tls_config(mode, &cert, &key, &extra)),
+            )
+            .await;
+        let Some(gw) = started else { continue };
         for (i, &(policy, client_cert, expected)) in rows.iter().enumerate() {
             let known = pki.path(&format!("known-{mode}-{i}"));
             let trust = match policy {
@@ -246,27 +254,47 @@ async fn matrix_of_server_modes_and_client_policies() {
                 C::Untrusted => Some(untrusted.clone()),
             };
             let name = format!("c{i}");
-            let case = format!("{mode} [{extra}] x {policy:?} x {client_cert:?}");
-            let result = try_wss(&options(&gw, &name, trust, identity, &known)).await;
+            let case = format!("{server} x {policy:?} x {client_cert:?}");
+            let opts = options(&gw, &name, trust, identity, &known);
+            let Some(result) = failures.catch(&case, try_wss(&opts)).await else {
+                continue;
+            };
             match (expected, result) {
                 (Connected, Ok(mut ws)) => {
-                    assert!(list(&mut ws).await.contains(&name), "{case}");
+                    if let Some(names) = failures.catch(&case, list(&mut ws)).await {
+                        failures.check(
+                            &case,
+                            names.contains(&name),
+                            format_args!("connected, but {name:?} is not in the list {names:?}"),
+                        );
+                    }
                 }
                 (Fails(needle), Err(e)) => {
                     let text = e.to_string();
-                    assert!(
+                    failures.check(
+                        &case,
                         text.contains(needle),
-                        "{case}: expected {needle:?} in {text:?}"
+                        format_args!("expected {needle:?} in {text:?}"),
                     );
-                    assert!(matches!(e, ConnectError::Tls { .. }), "{case}: {e:?}");
+                    failures.check(
+                        &case,
+                        matches!(e, ConnectError::Tls { .. }),
+                        format_args!("expected a TLS error, got {e:?}"),
+                    );
                 }
-                (Connected, Err(e)) => panic!("{case}: expected a connection, got: {e}"),
+                (Connected, Err(e)) => {
+                    failures.fail(&case, format_args!("expected a connection, got: {e}"));
+                }
                 (Fails(needle), Ok(_)) => {
-                    panic!("{case}: expected failure {needle:?}, but it connected")
+                    failures.fail(
+                        &case,
+                        format_args!("expected failure {needle:?}, but it connected"),
+                    );
                 }
             }
         }
     }
+    failures.assert_none();
 }
 
 #[tokio::test]
@@ -544,20 +572,39 @@ async fn start_up_errors_name_the_file() {
             ),
         ),
     ];
+    let file = |path: &Path| path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut failures = Failures::new();
     for (cert, key, expected) in cases {
+        let case = format!("cert {} + key {}", file(cert), file(key));
         let text = tls_config("secure", cert, key, "");
-        let config = wssgate::Config::parse(&text, Path::new("t.toml")).unwrap();
-        let e = wssgate::Server::bind(config)
-            .await
-            .err()
-            .expect("start refused");
+        let config = match wssgate::Config::parse(&text, Path::new("t.toml")) {
+            Ok(config) => config,
+            Err(e) => {
+                failures.fail(&case, format_args!("config does not parse: {e}"));
+                continue;
+            }
+        };
+        let Err(e) = wssgate::Server::bind(config).await else {
+            failures.fail(
+                &case,
+                format_args!("start not refused (expected {expected:?})"),
+            );
+            continue;
+        };
         let text = e.to_string();
-        assert!(text.starts_with("listener \"wss\": "), "{text}");
-        assert!(
+        let prefix = "listener \"wss\": ";
+        failures.check(
+            &case,
+            text.starts_with(prefix),
+            format_args!("expected {prefix:?} first in {text:?}"),
+        );
+        failures.check(
+            &case,
             text.contains(&expected),
-            "expected {expected:?} in {text:?}"
+            format_args!("expected {expected:?} in {text:?}"),
         );
     }
+    failures.assert_none();
 }
 
 /// `openssl`, which makes the RSA (PKCS#1) and SEC1 keys rcgen cannot.
@@ -622,11 +669,24 @@ async fn key_formats_and_chains() {
         ("ECDSA SEC1", ec_sec1.clone(), Some(ec_pkcs8), ca.clone()),
         ("Ed25519 PKCS#8", ed_leaf.key.clone(), None, ed_ca),
     ];
+    let mut failures = Failures::new();
     for (label, key_pem, pkcs8, trust) in cases {
         let cert_pem = match pkcs8 {
             Some(pkcs8) => {
-                let key = rcgen::KeyPair::from_pem(&pkcs8).unwrap();
-                pki.ca.issue_for_key(&leaf, &key).unwrap().cert
+                let issued = rcgen::KeyPair::from_pem(&pkcs8)
+                    .map_err(|e| format!("rcgen cannot read the PKCS#8 key: {e}"))
+                    .and_then(|key| {
+                        pki.ca
+                            .issue_for_key(&leaf, &key)
+                            .map_err(|e| format!("cannot issue a certificate for the key: {e}"))
+                    });
+                match issued {
+                    Ok(pem) => pem.cert,
+                    Err(e) => {
+                        failures.fail(label, e);
+                        continue;
+                    }
+                }
             }
             None => ed_leaf.cert.clone(),
         };
@@ -635,18 +695,24 @@ async fn key_formats_and_chains() {
             &format!("{label}-key.pem").replace([' ', '#'], "_"),
             &key_pem,
         );
-        let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
-        let mut ws = try_wss(&options(
-            &gw,
-            "k",
-            ServerTrust::Ca(trust),
-            None,
-            &pki.path("k"),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert_eq!(list(&mut ws).await, ["k"], "{label}");
+        let started = failures
+            .catch(label, start_config(&tls_config("secure", &cert, &key, "")))
+            .await;
+        let Some(gw) = started else { continue };
+        let opts = options(&gw, "k", ServerTrust::Ca(trust), None, &pki.path("k"));
+        let mut ws = match failures.catch(label, try_wss(&opts)).await {
+            Some(Ok(ws)) => ws,
+            Some(Err(e)) => {
+                failures.fail(label, format_args!("expected a connection, got: {e}"));
+                continue;
+            }
+            None => continue,
+        };
+        if let Some(names) = failures.catch(label, list(&mut ws)).await {
+            failures.check_eq(label, names, ["k"], "list");
+        }
     }
+    failures.assert_none();
 
     // A chain: root -> intermediate -> leaf; the client trusts the root only.
     let intermediate = pki.ca.intermediate("test intermediate").unwrap();
@@ -692,20 +758,52 @@ async fn tls12_and_tls13_both_negotiate_http11() {
     let (cert, key, _) = pki.server();
     let gw = start_config(&tls_config("secure", &cert, &key, "")).await;
     let roots = wssgate_pki::load_roots(&pki.ca_file()).unwrap();
+    let mut failures = Failures::new();
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let mut config = rustls::ClientConfig::builder_with_provider(wssgate_pki::provider())
+        let case = format!("{:?}", version.version);
+        let builder = match rustls::ClientConfig::builder_with_provider(wssgate_pki::provider())
             .with_protocol_versions(&[version])
-            .unwrap()
+        {
+            Ok(builder) => builder,
+            Err(e) => {
+                failures.fail(&case, format_args!("client config: {e}"));
+                continue;
+            }
+        };
+        let mut config = builder
             .with_root_certificates(roots.clone())
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(gw.ws).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        let tcp = match tokio::net::TcpStream::connect(gw.ws).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                failures.fail(&case, format_args!("tcp connect: {e}"));
+                continue;
+            }
+        };
+        let tls = match tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
-            .unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        {
+            Ok(tls) => tls,
+            Err(e) => {
+                failures.fail(&case, format_args!("handshake: {e}"));
+                continue;
+            }
+        };
         let (_, session) = tls.get_ref();
-        assert_eq!(session.protocol_version(), Some(version.version));
-        assert_eq!(session.alpn_protocol(), Some(&b"http/1.1"[..]));
+        failures.check_eq(
+            &case,
+            session.protocol_version(),
+            Some(version.version),
+            "protocol version",
+        );
+        failures.check_eq(
+            &case,
+            session.alpn_protocol(),
+            Some(&b"http/1.1"[..]),
+            "ALPN",
+        );
     }
+    failures.assert_none();
 }

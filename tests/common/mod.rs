@@ -541,3 +541,137 @@ pub async fn drain(ws: &mut Ws) -> Vec<String> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Case tables: run every case, then fail once with every failing case listed.
+// ---------------------------------------------------------------------------
+
+/// The failures of a table of cases. A check that does not hold is recorded
+/// (with its case) instead of panicking, so every case runs; `assert_none`
+/// then fails once, listing every failure. Dropping it with failures not
+/// yet asserted panics, so none is lost.
+#[derive(Default)]
+pub struct Failures {
+    /// Every case name checked so far, in order, once each.
+    cases: Vec<String>,
+    /// (case, what went wrong), in order.
+    failed: Vec<(String, String)>,
+    asserted: bool,
+}
+
+impl Failures {
+    pub fn new() -> Failures {
+        Failures::default()
+    }
+
+    fn seen(&mut self, case: String) -> String {
+        if !self.cases.contains(&case) {
+            self.cases.push(case.clone());
+        }
+        case
+    }
+
+    /// Records `msg` as a failure of `case` unless `cond` holds; returns `cond`.
+    pub fn check(
+        &mut self,
+        case: impl std::fmt::Display,
+        cond: bool,
+        msg: impl std::fmt::Display,
+    ) -> bool {
+        let case = self.seen(case.to_string());
+        if !cond {
+            self.failed.push((case, msg.to_string()));
+        }
+        cond
+    }
+
+    /// `check` that `got == expected` (`what` names the value; may be empty).
+    pub fn check_eq<G, E>(
+        &mut self,
+        case: impl std::fmt::Display,
+        got: G,
+        expected: E,
+        what: impl std::fmt::Display,
+    ) -> bool
+    where
+        G: PartialEq<E> + std::fmt::Debug,
+        E: std::fmt::Debug,
+    {
+        let what = what.to_string();
+        let what = if what.is_empty() {
+            what
+        } else {
+            format!("{what}: ")
+        };
+        let holds = got == expected;
+        self.check(
+            case,
+            holds,
+            format_args!("{what}expected {expected:?}, got {got:?}"),
+        )
+    }
+
+    /// Records `msg` as a failure of `case`.
+    pub fn fail(&mut self, case: impl std::fmt::Display, msg: impl std::fmt::Display) {
+        self.check(case, false, msg);
+    }
+
+    /// Runs `step` of `case` (a setup, or a helper that panics on a timeout
+    /// or a bad frame); a panic in it is recorded as a failure of `case`
+    /// and gives `None`, so the table goes on with its next case.
+    pub async fn catch<T>(
+        &mut self,
+        case: impl std::fmt::Display,
+        step: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        use futures_util::FutureExt;
+        match std::panic::AssertUnwindSafe(step).catch_unwind().await {
+            Ok(value) => Some(value),
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                self.fail(case, format_args!("panicked: {text}"));
+                None
+            }
+        }
+    }
+
+    /// Fails once if any check failed, listing every failure with its case.
+    pub fn assert_none(mut self) {
+        self.asserted = true;
+        if self.failed.is_empty() {
+            return;
+        }
+        let mut failing: Vec<&str> = Vec::new();
+        for (case, _) in &self.failed {
+            if !failing.contains(&case.as_str()) {
+                failing.push(case);
+            }
+        }
+        let list: Vec<String> = self
+            .failed
+            .iter()
+            .map(|(case, msg)| format!("  - {case}: {msg}"))
+            .collect();
+        panic!(
+            "{} of {} cases failed:\n{}",
+            failing.len(),
+            self.cases.len(),
+            list.join("\n")
+        );
+    }
+}
+
+impl Drop for Failures {
+    fn drop(&mut self) {
+        if !self.asserted && !self.failed.is_empty() && !std::thread::panicking() {
+            panic!(
+                "{} case failure(s) recorded but never asserted (call assert_none)",
+                self.failed.len()
+            );
+        }
+    }
+}
