@@ -19,17 +19,31 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Shared;
-use crate::metrics::RouteKind;
+use crate::events::Events;
+use crate::metrics::{Metrics, RouteKind};
+use crate::router::Router;
 
 /// Interval of SSE keep-alive comments, so proxies keep the stream open.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
-#[derive(Clone)]
-struct AdminState {
-    shared: Arc<Shared>,
-    token: Option<Arc<str>>,
+/// What the operator API reads and acts on. The gateway builds it from its
+/// own parts, so this module depends on those parts and not on the gateway.
+pub(crate) struct Api {
+    /// Who is connected; where broadcasts and sends go.
+    pub(crate) router: Arc<Router>,
+    /// What `GET /metrics` renders.
+    pub(crate) metrics: Arc<Metrics>,
+    /// What `GET /events` streams.
+    pub(crate) events: Events,
+    /// Cancelled when shutdown begins: `/healthz` answers 503, `/events`
+    /// streams end, and the API stops.
+    pub(crate) shutdown: CancellationToken,
+    /// Largest request body: `max_message_size`, since a body becomes a message.
+    pub(crate) max_body: usize,
+    /// The bearer token every route but `/healthz` needs, if any.
+    pub(crate) token: Option<Arc<str>>,
 }
 
 /// One row of `GET /clients`.
@@ -49,13 +63,10 @@ struct Delivered {
 }
 
 /// Serves the operator API on `tcp` until shutdown.
-pub(crate) async fn serve(tcp: TcpListener, shared: Arc<Shared>, token: Option<String>) {
-    let shutdown = shared.shutdown.clone();
-    let body_limit = shared_body_limit(&shared);
-    let state = AdminState {
-        shared,
-        token: token.map(Into::into),
-    };
+pub(crate) async fn serve(tcp: TcpListener, api: Api) {
+    let shutdown = api.shutdown.clone();
+    let body_limit = api.max_body;
+    let state = Arc::new(api);
     let app = HttpRouter::new()
         .route("/clients", get(clients))
         .route("/broadcast", post(broadcast))
@@ -74,11 +85,7 @@ pub(crate) async fn serve(tcp: TcpListener, shared: Arc<Shared>, token: Option<S
     }
 }
 
-fn shared_body_limit(shared: &Shared) -> usize {
-    shared.limits.max_message_size.get()
-}
-
-async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+async fn authorize(State(state): State<Arc<Api>>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         let given = request
             .headers()
@@ -110,9 +117,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn clients(State(state): State<AdminState>) -> Json<Vec<ClientRow>> {
+async fn clients(State(state): State<Arc<Api>>) -> Json<Vec<ClientRow>> {
     let rows = state
-        .shared
         .router
         .sessions()
         .iter()
@@ -128,16 +134,16 @@ async fn clients(State(state): State<AdminState>) -> Json<Vec<ClientRow>> {
     Json(rows)
 }
 
-async fn broadcast(State(state): State<AdminState>, body: String) -> Json<Delivered> {
-    let router = &state.shared.router;
+async fn broadcast(State(state): State<Arc<Api>>, body: String) -> Json<Delivered> {
+    let router = &state.router;
     let delivered = router.broadcast(Message::text(body)).queued;
     router.metrics().routed(RouteKind::broadcast).inc();
     tracing::info!(delivered, "operator broadcast");
     Json(Delivered { delivered })
 }
 
-async fn send(State(state): State<AdminState>, Path(name): Path<String>, body: String) -> Response {
-    let router = &state.shared.router;
+async fn send(State(state): State<Arc<Api>>, Path(name): Path<String>, body: String) -> Response {
+    let router = &state.router;
     let delivery = router.send_to_name(&name, || Message::text(body));
     if delivery.targets == 0 {
         return (
@@ -153,9 +159,9 @@ async fn send(State(state): State<AdminState>, Path(name): Path<String>, body: S
 }
 
 async fn events(
-    State(state): State<AdminState>,
+    State(state): State<Arc<Api>>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let receiver = state.shared.events.subscribe();
+    let receiver = state.events.subscribe();
     // The first event says the subscription is live: what follows is complete.
     let subscribed = futures_util::stream::once(async {
         Ok(SseEvent::default().data(r#"{"type":"subscribed"}"#))
@@ -163,7 +169,7 @@ async fn events(
     // The stream ends after the last event (`shutdown`, published just
     // before the shutdown token is cancelled), or at the token if it lagged
     // past it.
-    let shutdown = state.shared.shutdown.clone();
+    let shutdown = state.shutdown.clone();
     let stream = futures_util::stream::unfold(Some(receiver), move |receiver| {
         let shutdown = shutdown.clone();
         async move {
@@ -191,20 +197,20 @@ async fn events(
     Sse::new(subscribed.chain(stream)).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
 }
 
-async fn healthz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    if state.shared.shutdown.is_cancelled() {
+async fn healthz(State(state): State<Arc<Api>>) -> (StatusCode, &'static str) {
+    if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else {
         (StatusCode::OK, "ok\n")
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+async fn metrics(State(state): State<Arc<Api>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.shared.metrics.render(),
+        state.metrics.render(),
     )
 }

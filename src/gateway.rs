@@ -89,17 +89,17 @@ pub struct Server {
 }
 
 /// What every connection task needs.
-pub(crate) struct Shared {
-    pub(crate) router: Arc<Router>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) events: Events,
-    pub(crate) limits: LimitsConfig,
+struct Shared {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    events: Events,
+    limits: LimitsConfig,
     ws_config: WebSocketConfig,
     connections: Arc<Semaphore>,
     refusing: AtomicUsize,
     per_address: Arc<AddressLimit>,
     /// Cancelled when shutdown begins: stop accepting, close sessions.
-    pub(crate) shutdown: CancellationToken,
+    shutdown: CancellationToken,
     tracker: TaskTracker,
     /// `[runtime] busy_poll`: the spinner sessions touch.
     busy_poll: Option<Arc<BusyPoll>>,
@@ -222,11 +222,16 @@ impl Server {
             shared.tracker.spawn(async move { busy.run(stop).await });
         }
         if let Some(tcp) = self.admin {
-            let token = self.config.admin.get_ref().token.clone();
-            tracing::info!(addr = %local(&tcp), auth = token.is_some(), "admin API listening");
-            shared
-                .tracker
-                .spawn(admin::serve(tcp, shared.clone(), token));
+            let api = admin::Api {
+                router: shared.router.clone(),
+                metrics: shared.metrics.clone(),
+                events: shared.events.clone(),
+                shutdown: shared.shutdown.clone(),
+                max_body: shared.limits.max_message_size.get(),
+                token: self.config.admin.get_ref().token.as_deref().map(Arc::from),
+            };
+            tracing::info!(addr = %local(&tcp), auth = api.token.is_some(), "admin API listening");
+            shared.tracker.spawn(admin::serve(tcp, api));
         }
         shutdown.await;
         tracing::info!("shutting down: closing sessions with 1001");
