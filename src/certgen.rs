@@ -1,5 +1,6 @@
-//! Development certificates with rcgen (`wssgate gen-certs`): a CA, a server
-//! certificate signed by it, and client certificates for mutual TLS.
+//! Development certificates with rcgen (`wssgate gen-certs`, and a
+//! listener's `dev_certs` on first start): a CA, a server certificate signed
+//! by it, and client certificates for mutual TLS.
 //!
 //! Files are never overwritten unless asked (`force`): an existing CA is
 //! reused to sign new certificates, so `gen-certs --client carol` later adds a
@@ -452,6 +453,19 @@ pub fn ensure_dev_certs(cert: &Path, key: &Path) -> Result<Option<Report>, CertG
         ca_fingerprint: ca.fingerprint(),
         ca_cert,
     }))
+}
+
+/// For a listener with `dev_certs = true`, at start: [`ensure_dev_certs`],
+/// logging every file it made and the CA that clients can trust.
+pub(crate) fn dev_certs_for(listener: &str, cert: &Path, key: &Path) -> Result<(), CertGenError> {
+    let Some(report) = ensure_dev_certs(cert, key)? else {
+        return Ok(());
+    };
+    for file in &report.files {
+        tracing::info!(listener = %listener, file = %file.path.display(), "generated development certificate file");
+    }
+    tracing::info!(listener = %listener, ca = %report.ca_cert.display(), fingerprint = %report.ca_fingerprint, "dev_certs: generated a development CA and server certificate; clients can trust the CA file");
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<String, CertGenError> {

@@ -35,7 +35,7 @@ use crate::outbox::Outbox;
 use crate::proxy::{self, Prefixed};
 use crate::router::{AdmitError, ClientInfo, Router, RouterConfig};
 use crate::session::{self, SessionTimers};
-use crate::tls::{ServerTls, ServerTlsFiles, TlsError};
+use crate::tls::{self, ServerTls, ServerTlsFiles, TlsError};
 
 /// Read buffer per connection: small, because most messages are small and
 /// an idle connection should cost little.
@@ -206,9 +206,13 @@ impl Server {
         }
         if !reloadable.is_empty() {
             let interval = self.config.tls.reload_interval.0;
-            shared
-                .tracker
-                .spawn(reload_certificates(shared.clone(), reloadable, interval));
+            let reload = tls::reload_on_change(
+                reloadable,
+                interval,
+                shared.events.clone(),
+                shared.shutdown.clone(),
+            );
+            shared.tracker.spawn(reload);
         }
         if let Some(busy) = shared.busy_poll.clone() {
             let window = self
@@ -716,110 +720,24 @@ fn certificate_claim(
 /// The TLS state of a listener: `None` for plain ws. Generates development
 /// certificates first when the listener asks for them and they are missing.
 fn server_tls(l: &ListenerConfig) -> Result<Option<ServerTls>, StartError> {
-    let (Some(cert), Some(key)) = (l.cert.clone(), l.key.clone()) else {
+    let Some(files) = ServerTlsFiles::of(l) else {
         return Ok(None);
     };
-    if !l.mode.is_tls() {
-        return Ok(None);
-    }
     if l.dev_certs {
-        match certgen::ensure_dev_certs(&cert, &key) {
-            Ok(Some(report)) => {
-                for file in &report.files {
-                    tracing::info!(listener = %l.name, file = %file.path.display(), "generated development certificate file");
-                }
-                tracing::info!(listener = %l.name, ca = %report.ca_cert.display(), fingerprint = %report.ca_fingerprint, "dev_certs: generated a development CA and server certificate; clients can trust the CA file");
+        certgen::dev_certs_for(&l.name, &files.cert, &files.key).map_err(|error| {
+            StartError::DevCerts {
+                listener: l.name.clone(),
+                error,
             }
-            Ok(None) => {}
-            Err(error) => {
-                return Err(StartError::DevCerts {
-                    listener: l.name.clone(),
-                    error,
-                });
-            }
-        }
+        })?;
     }
-    match l.mode {
-        Mode::AcceptAll => {
-            tracing::warn!(listener = %l.name, "DANGEROUS mode accept-all: client certificates are accepted WITHOUT verification; identities are only as good as the fingerprints you check")
-        }
-        Mode::VerifyNone => {
-            tracing::warn!(listener = %l.name, "DANGEROUS mode verify-none: TLS without client certificates; clients are told to skip server verification")
-        }
-        _ => {}
-    }
-    let files = ServerTlsFiles {
-        listener: l.name.clone(),
-        mode: l.mode,
-        cert,
-        key,
-        client_auth: l.client_auth,
-        client_ca: l.client_ca.clone(),
-    };
+    files.warn_if_dangerous();
     ServerTls::load(files)
         .map(Some)
         .map_err(|error| StartError::Tls {
             listener: l.name.clone(),
             error,
         })
-}
-
-/// Reloads TLS listeners' certificates when their files change on disk
-/// (checked every `interval`) and on SIGHUP. A broken new file keeps the
-/// old certificate in service and is logged.
-async fn reload_certificates(
-    shared: Arc<Shared>,
-    listeners: Vec<Arc<ServerTls>>,
-    interval: Duration,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates reload on file change only"))
-        .ok();
-    loop {
-        #[cfg(unix)]
-        let sighup = async {
-            match hangup.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let sighup = std::future::pending::<Option<()>>();
-        let forced = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            _ = tick.tick() => false,
-            _ = sighup => true,
-        };
-        if forced {
-            tracing::info!("SIGHUP: reloading certificates");
-        }
-        for tls in &listeners {
-            if !forced && !tls.changed_on_disk() {
-                continue;
-            }
-            let listener = &tls.files().listener;
-            match tls.reload() {
-                Ok(()) => {
-                    tracing::info!(listener = %listener, cert = %tls.files().cert.display(), "certificate reloaded; new handshakes use it");
-                    shared.events.publish(&Event::TlsReload {
-                        listener,
-                        error: None,
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(listener = %listener, error = %e, "certificate reload failed; keeping the previous certificate");
-                    let error = e.to_string();
-                    shared.events.publish(&Event::TlsReload {
-                        listener,
-                        error: Some(&error),
-                    });
-                }
-            }
-        }
-    }
 }
 
 /// Starts a gateway from a config and serves until `shutdown` resolves.

@@ -1,18 +1,24 @@
 //! The server side of TLS: each TLS listener's rustls config, built from its
-//! files and mode, and reloaded in place when the files change. What the
-//! gateway shares with its client (provider, PEM loading, fingerprints, the
-//! dangerous verifiers) is in `wssgate-pki`.
+//! files and mode, and reloaded in place when the files change (polled) or
+//! on SIGHUP. What the gateway shares with its client (provider, PEM loading,
+//! fingerprints, the dangerous verifiers) is in `wssgate-pki`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 pub use wssgate_pki::TlsError;
-use wssgate_pki::{ALPN_HTTP11, danger, load_certs, load_key, load_roots, provider, validity_problem};
+use wssgate_pki::{
+    ALPN_HTTP11, danger, load_certs, load_key, load_roots, provider, validity_problem,
+};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ListenerConfig;
+use crate::events::{Event, Events};
 use crate::modes::{ClientAuth, Mode};
 
 /// The files and policy of one TLS listener.
@@ -33,6 +39,39 @@ pub struct ServerTlsFiles {
 }
 
 impl ServerTlsFiles {
+    /// The TLS files of a listener; `None` for plain ws (or a listener
+    /// without a certificate and key, which validation has refused).
+    pub(crate) fn of(l: &ListenerConfig) -> Option<ServerTlsFiles> {
+        let (Some(cert), Some(key)) = (l.cert.clone(), l.key.clone()) else {
+            return None;
+        };
+        if !l.mode.is_tls() {
+            return None;
+        }
+        Some(ServerTlsFiles {
+            listener: l.name.clone(),
+            mode: l.mode,
+            cert,
+            key,
+            client_auth: l.client_auth,
+            client_ca: l.client_ca.clone(),
+        })
+    }
+
+    /// Says, once at start, that this listener's mode gives up a check.
+    pub(crate) fn warn_if_dangerous(&self) {
+        let listener = &self.listener;
+        match self.mode {
+            Mode::AcceptAll => {
+                tracing::warn!(listener = %listener, "DANGEROUS mode accept-all: client certificates are accepted WITHOUT verification; identities are only as good as the fingerprints you check")
+            }
+            Mode::VerifyNone => {
+                tracing::warn!(listener = %listener, "DANGEROUS mode verify-none: TLS without client certificates; clients are told to skip server verification")
+            }
+            _ => {}
+        }
+    }
+
     /// Every file the config is built from, for change detection.
     fn paths(&self) -> Vec<&Path> {
         let mut paths = vec![self.cert.as_path(), self.key.as_path()];
@@ -148,6 +187,66 @@ impl ServerTls {
         *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) =
             TlsAcceptor::from(Arc::new(config));
         Ok(())
+    }
+}
+
+/// Reloads the listeners' certificates when their files change on disk
+/// (checked every `interval`) and on SIGHUP, until `shutdown`. A broken new
+/// file keeps the old certificate in service; both outcomes are logged and
+/// published as [`Event::TlsReload`].
+pub(crate) async fn reload_on_change(
+    listeners: Vec<Arc<ServerTls>>,
+    interval: Duration,
+    events: Events,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates reload on file change only"))
+        .ok();
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => false,
+            _ = sighup => true,
+        };
+        if forced {
+            tracing::info!("SIGHUP: reloading certificates");
+        }
+        for tls in &listeners {
+            if !forced && !tls.changed_on_disk() {
+                continue;
+            }
+            let listener = &tls.files().listener;
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(listener = %listener, cert = %tls.files().cert.display(), "certificate reloaded; new handshakes use it");
+                    events.publish(&Event::TlsReload {
+                        listener,
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %listener, error = %e, "certificate reload failed; keeping the previous certificate");
+                    let error = e.to_string();
+                    events.publish(&Event::TlsReload {
+                        listener,
+                        error: Some(&error),
+                    });
+                }
+            }
+        }
     }
 }
 
