@@ -1,0 +1,268 @@
+//! Who is admitted at the upgrade, and what the others are told: 503 over
+//! the connection caps, 403 for an origin not allowed, and the name a client
+//! may use, from its claim or its client certificate (400, 401 or 403 when
+//! there is none). The checks are pure; the connection writes the answer.
+//!
+//! The caps are counted in [`caps`](crate::caps); this module decides what
+//! being over one means.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+
+use crate::caps::{AddressLimit, AddressSlot, Place};
+use crate::config::ListenerConfig;
+use crate::handshake::{Refusal, Upgrade};
+use crate::identity::{self, Claim, ClientName, NameError};
+use crate::modes::{IdentitySource, Mode};
+use crate::router::AdmitError;
+
+/// What a listener checks at the upgrade, taken from its config once.
+pub(crate) struct Policy {
+    /// `allowed_origins`: when set, `Origin` is a browser's origin, checked,
+    /// and never a name.
+    allowed_origins: Vec<String>,
+    /// Where names come from.
+    identity: IdentitySource,
+}
+
+impl Policy {
+    pub(crate) fn of(l: &ListenerConfig) -> Policy {
+        Policy {
+            allowed_origins: l.allowed_origins.clone(),
+            identity: l.identity,
+        }
+    }
+
+    /// The name `upgrade` may connect under, or the refusal to answer with:
+    /// first the connection cap, then the origin, then the name.
+    pub(crate) fn admit(
+        &self,
+        place: &Place,
+        upgrade: &Upgrade,
+        cert: Option<&PeerCert>,
+    ) -> Result<Claim, Refusal> {
+        if !place.is_admitted() {
+            return Err(Refusal::new(503, "too many connections: try again later"));
+        }
+        self.name(upgrade.query.as_deref(), upgrade.origin.as_deref(), cert)
+    }
+
+    /// The origin and name checks of [`Policy::admit`], on the raw `?query`
+    /// and `Origin` bytes.
+    fn name(
+        &self,
+        query: Option<&str>,
+        origin: Option<&[u8]>,
+        cert: Option<&PeerCert>,
+    ) -> Result<Claim, Refusal> {
+        let origins = &self.allowed_origins;
+        let name_origin = if origins.is_empty() {
+            origin
+        } else {
+            if let Some(origin) = origin {
+                let origin = identity::decode_header(origin);
+                if !origins.iter().any(|o| o.eq_ignore_ascii_case(&origin)) {
+                    return Err(Refusal::new(403, format!("origin not allowed: {origin}")));
+                }
+            }
+            None
+        };
+        let claimed = identity::claim(query, name_origin);
+        match self.identity {
+            IdentitySource::Claimed => claimed.map_err(|e| match e {
+                // The usual hint ("send an Origin header") is wrong here.
+                NameError::Missing if !origins.is_empty() => Refusal::new(
+                    400,
+                    "missing name: add ?name= to the URL (on this listener Origin is checked against allowed_origins, never a name)",
+                ),
+                e => Refusal::new(400, e.to_string()),
+            }),
+            IdentitySource::Certificate => certificate_claim(cert, claimed),
+        }
+    }
+}
+
+/// A place under `max_connections_per_address` for a session from `ip`
+/// (none to hold without a limit), or the 503 to answer with.
+pub(crate) fn address_slot(
+    limit: &Arc<AddressLimit>,
+    ip: IpAddr,
+) -> Result<Option<AddressSlot>, Refusal> {
+    limit.acquire(ip).ok_or_else(|| {
+        Refusal::new(
+            503,
+            "too many connections from this address: try again later",
+        )
+    })
+}
+
+/// The answer to a name the router will not take (`on_duplicate = "reject"`).
+pub(crate) fn router_refusal(e: AdmitError) -> Refusal {
+    match e {
+        AdmitError::Duplicate(_) => Refusal::new(409, e.to_string()),
+    }
+}
+
+/// The client certificate of a TLS connection, as far as identity goes.
+pub(crate) struct PeerCert {
+    name: Option<String>,
+    fingerprint: String,
+}
+
+impl PeerCert {
+    /// The leaf of what the client presented, if anything; logged, and said
+    /// loudly when `mode` accepted it without verification.
+    pub(crate) fn of(mode: Mode, certs: Option<&[CertificateDer<'static>]>) -> Option<PeerCert> {
+        let leaf = certs?.first()?;
+        let cert = PeerCert {
+            name: wssgate_pki::certificate_name(leaf),
+            fingerprint: wssgate_pki::fingerprint(leaf),
+        };
+        if mode == Mode::AcceptAll {
+            tracing::info!(fingerprint = %cert.fingerprint, cert_name = ?cert.name, "client certificate accepted WITHOUT verification (accept-all)");
+        } else {
+            tracing::debug!(fingerprint = %cert.fingerprint, cert_name = ?cert.name, "client certificate verified");
+        }
+        Some(cert)
+    }
+}
+
+/// With `identity = "certificate"`: the name is the certificate's; a claimed
+/// name, if any, must be the same (or what Qt makes of it in `Origin`).
+fn certificate_claim(
+    cert: Option<&PeerCert>,
+    claimed: Result<Claim, NameError>,
+) -> Result<Claim, Refusal> {
+    let Some(cert) = cert else {
+        return Err(Refusal::new(
+            401,
+            "a client certificate is required: this listener names clients by their certificate",
+        ));
+    };
+    let Some(cert_name) = cert.name.as_deref() else {
+        return Err(Refusal::new(
+            403,
+            format!(
+                "the client certificate {} has no name (no DNS or URI SAN, no CN)",
+                cert.fingerprint
+            ),
+        ));
+    };
+    let name = ClientName::new(cert_name).map_err(|e| {
+        Refusal::new(
+            403,
+            format!("the client certificate's name {cert_name:?} is not usable: {e}"),
+        )
+    })?;
+    match claimed {
+        Ok(claim)
+            if claim.name != name
+                && !(claim.provisional
+                    && identity::qt_latin1(cert_name) == claim.name.as_str()) =>
+        {
+            Err(Refusal::new(
+                403,
+                format!(
+                    "claimed name {:?} differs from the certificate's name {cert_name:?}",
+                    claim.name.as_str()
+                ),
+            ))
+        }
+        _ => Ok(Claim {
+            name,
+            provisional: false,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `?query`, `Origin`, and the name admitted or the refusal's status.
+    type Case<'a> = (Option<&'a str>, Option<&'a [u8]>, Result<&'a str, u16>);
+
+    fn policy(origins: &[&str], identity: IdentitySource) -> Policy {
+        Policy {
+            allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+            identity,
+        }
+    }
+
+    fn cert(name: Option<&str>) -> PeerCert {
+        PeerCert {
+            name: name.map(str::to_owned),
+            fingerprint: "sha256:00".into(),
+        }
+    }
+
+    /// Every case that does not give what it expects.
+    fn failures(policy: &Policy, cert: Option<&PeerCert>, cases: &[Case<'_>]) -> Vec<String> {
+        cases
+            .iter()
+            .filter_map(|&(query, origin, expected)| {
+                let got = policy
+                    .name(query, origin, cert)
+                    .map(|c| c.name.as_str().to_owned())
+                    .map_err(|r| r.status);
+                let expected = expected.map(str::to_owned);
+                (got != expected).then(|| format!("{query:?} {origin:?}: {got:?} != {expected:?}"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn claimed_names() {
+        let open = policy(&[], IdentitySource::Claimed);
+        let cases: &[Case] = &[
+            (None, Some(b"alice"), Ok("alice")),
+            (Some("name=bob"), Some(b"alice"), Ok("bob")),
+            (None, None, Err(400)),
+        ];
+        let failed = failures(&open, None, cases);
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_and_never_names() {
+        let browsers = policy(&["https://chat.example"], IdentitySource::Claimed);
+        let cases: &[Case] = &[
+            (Some("name=bob"), Some(b"https://CHAT.example"), Ok("bob")),
+            (Some("name=bob"), None, Ok("bob")),
+            (Some("name=bob"), Some(b"https://evil.example"), Err(403)),
+            (None, Some(b"https://chat.example"), Err(400)),
+        ];
+        let failed = failures(&browsers, None, cases);
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    #[test]
+    fn certificate_names() {
+        let by_cert = policy(&[], IdentitySource::Certificate);
+        let alice: &[Case] = &[
+            (None, None, Ok("alice")),
+            (Some("name=alice"), None, Ok("alice")),
+            (Some("name=mallory"), None, Err(403)),
+        ];
+        // What Qt sends in Origin for the certificate's name is that name.
+        let qt: &[Case] = &[
+            (None, Some(b"C1?"), Ok("C1\u{6211}")),
+            (None, Some(b"C2?"), Err(403)),
+        ];
+        let mut failed = failures(&by_cert, Some(&cert(Some("alice"))), alice);
+        failed.extend(failures(&by_cert, Some(&cert(Some("C1\u{6211}"))), qt));
+        failed.extend(failures(
+            &by_cert,
+            None,
+            &[(Some("name=alice"), None, Err(401))],
+        ));
+        failed.extend(failures(
+            &by_cert,
+            Some(&cert(None)),
+            &[(None, None, Err(403))],
+        ));
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+}
