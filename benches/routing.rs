@@ -2,7 +2,8 @@
 //! client frame, rewriting `src`, and routing through the router to bounded
 //! queues (private, room fan-out), with the router's lock and through a
 //! session's route cache (no lock), on one thread and on two at once.
-//! `cargo bench --bench routing`.
+//! `cargo bench --bench routing --features bench-internals` (the feature
+//! re-exports the otherwise private routing core for this file).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -11,13 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use wssgate::config::DuplicatePolicy;
-use wssgate::events::Events;
-use wssgate::identity::claim;
-use wssgate::metrics::Metrics;
-use wssgate::outbox::Outbox;
-use wssgate::protocol::{Request, classify};
-use wssgate::router::{ClientInfo, RouteCache, Router, RouterConfig, SessionHandle};
+use wssgate::bench_support::{
+    ClientInfo, DuplicatePolicy, Events, Metrics, Outbox, Request, RouteCache, Router,
+    RouterConfig, SessionHandle, classify,
+};
+use wssgate::claim;
 
 const PRIVATE: &str =
     r#"{"src":"C1","dst":"C2","msg":"hello, this is an eighty byte chat message.."}"#;

@@ -61,8 +61,9 @@ impl BusyPoll {
         }
     }
 
-    /// True while the spinner is parked (for tests).
-    pub fn is_parked(&self) -> bool {
+    /// True while the spinner is parked.
+    #[cfg(test)]
+    fn is_parked(&self) -> bool {
         self.state.load(Ordering::Acquire) == PARKED
     }
 

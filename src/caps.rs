@@ -3,7 +3,7 @@
 //! is a value that gives it back when dropped, so no path can leak one.
 //!
 //! Counting is all this module does; what a connection over a cap is told
-//! is [`admission`](crate::admission)'s call.
+//! is the admission module's call.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::modes::{ClientAuth, IdentitySource, Mode};
-use crate::proxy::{ForwardedHeader, TrustedProxies};
+pub use crate::modes::{ClientAuth, IdentitySource, Mode};
+pub use crate::proxy::{ForwardedHeader, TrustedProxies};
 
 /// Where `serve` looks for a config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
@@ -80,8 +80,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Keep one worker polling for this long after traffic instead of
-    /// parking (lower latency at low load, for CPU); absent: off. See
-    /// [`crate::busypoll`].
+    /// parking (lower latency at low load, for CPU); absent: off. The
+    /// spinner and its measurements are in the gateway's `busypoll` module.
     pub busy_poll: Option<ConfigDuration>,
 }
 

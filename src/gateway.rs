@@ -57,6 +57,24 @@ pub enum StartError {
     },
 }
 
+/// A read-only view of who is connected: what an embedding program or a
+/// test may ask of the routing core without reaching into it.
+#[derive(Clone)]
+pub struct Roster(Arc<Router>);
+
+impl Roster {
+    /// True when no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sorted, distinct names of the connected sessions, or of a room's
+    /// members.
+    pub fn names(&self, room: Option<&str>) -> Vec<String> {
+        self.0.names(room)
+    }
+}
+
 /// A bound, not yet serving gateway.
 pub struct Server {
     config: Config,
@@ -119,9 +137,9 @@ impl Server {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The routing core (for embedding and tests).
-    pub fn router(&self) -> Arc<Router> {
-        self.shared.router.clone()
+    /// Who is connected, read-only (for embedding and tests).
+    pub fn roster(&self) -> Roster {
+        Roster(self.shared.router.clone())
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, closes every

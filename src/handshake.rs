@@ -21,8 +21,6 @@ pub const HEALTH_PATH: &str = "/healthz";
 /// A WebSocket upgrade request, as far as the gateway cares.
 #[derive(Debug)]
 pub struct Upgrade {
-    /// The request path, without the query.
-    pub path: String,
     /// The query string, without `?`.
     pub query: Option<String>,
     /// The raw `Origin` header bytes.
@@ -176,7 +174,6 @@ fn classify(request: &httparse::Request<'_, '_>, prefix: &PathPrefix) -> Head {
         return Head::Respond(Refusal::new(400, "missing Sec-WebSocket-Key"));
     };
     Head::Upgrade(Upgrade {
-        path: path.to_owned(),
         query: query.map(str::to_owned),
         origin: header("origin").map(<[u8]>::to_vec),
         key: key.to_vec(),

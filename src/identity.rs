@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-pub use wssgate_wire::name::{ClientName, GATEWAY_NAME, MAX_NAME_LEN, NameError, qt_latin1};
+pub use wssgate_wire::name::{ClientName, MAX_NAME_LEN, NameError, qt_latin1};
 
 /// The name a client claimed at the handshake, and whether it is provisional.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -100,11 +100,6 @@ impl Outbox {
         }
     }
 
-    /// True when at least one frame is queued.
-    pub fn is_empty(&self) -> bool {
-        self.lock().frames.is_empty()
-    }
-
     /// Refuses new frames; queued ones can still be popped.
     pub fn close(&self) {
         self.lock().closed = true;

@@ -15,7 +15,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-pub use wssgate_wire::room::{MAX_ROOM_LEN, check_room};
+use wssgate_wire::room::check_room;
 
 /// What a client's text frame asks for. Borrows from the frame.
 #[derive(Debug)]
@@ -31,12 +31,11 @@ pub enum Request<'a> {
         /// The request's `id`, echoed as `ref` in an error.
         id: Option<&'a RawValue>,
     },
-    /// Leave a room.
+    /// Leave a room. A leave is never answered (not even when the session
+    /// was not a member), so its `id` is not kept.
     Leave {
         /// The room.
         room: Cow<'a, str>,
-        /// The request's `id`.
-        id: Option<&'a RawValue>,
     },
     /// The names now connected, or the members of `room`.
     List {
@@ -185,7 +184,7 @@ pub fn classify(text: &str) -> Request<'_> {
             };
             return match kind {
                 "join" => Request::Join { room, id },
-                _ => Request::Leave { room, id },
+                _ => Request::Leave { room },
             };
         }
         Some("list") => {
@@ -266,12 +265,11 @@ mod tests {
 
     fn id(r: &Request<'_>) -> Option<String> {
         match r {
-            Request::Join { id, .. }
-            | Request::Leave { id, .. }
-            | Request::List { id, .. }
-            | Request::Invalid { id, .. } => id.map(|raw| raw.get().to_owned()),
+            Request::Join { id, .. } | Request::List { id, .. } | Request::Invalid { id, .. } => {
+                id.map(|raw| raw.get().to_owned())
+            }
             Request::Private(e) | Request::Room(e) => e.id.map(|raw| raw.get().to_owned()),
-            Request::ToServer => None,
+            Request::Leave { .. } | Request::ToServer => None,
         }
     }
 
@@ -341,7 +339,7 @@ mod tests {
         assert!(matches!(&join, Request::Join { room, .. } if room == "#r"));
         assert_eq!(id(&join).as_deref(), Some("7"));
         let leave = classify(r##"{"type":"leave","room":"#r"}"##);
-        assert!(matches!(&leave, Request::Leave { room, id: None } if room == "#r"));
+        assert!(matches!(&leave, Request::Leave { room } if room == "#r"));
         assert!(matches!(
             classify(r#"{"type":"list"}"#),
             Request::List {

@@ -462,10 +462,10 @@ async fn qt_writes_the_origin_with_to_latin1() {
             "{name}: Origin is {:?}",
             String::from_utf8_lossy(origin)
         );
-        let claim = wssgate::identity::claim(None, Some(origin)).expect("a valid name");
+        let claim = wssgate::claim(None, Some(origin)).expect("a valid name");
         assert_eq!(claim.name.as_str(), decoded);
         assert_eq!(claim.provisional, provisional, "{name}");
-        assert_eq!(wssgate::identity::qt_latin1(name), decoded);
+        assert_eq!(wssgate_wire::name::qt_latin1(name), decoded);
         // Refuse the upgrade by hanging up; the client gives up.
         drop(stream);
         let status = tokio::time::timeout(WAIT, child.wait())

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -53,7 +52,7 @@ pub struct Gateway {
     /// The admin API.
     pub admin: SocketAddr,
     /// The routing core, to look inside.
-    pub router: Arc<wssgate::router::Router>,
+    pub router: wssgate::Roster,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -73,7 +72,7 @@ pub async fn start_config(text: &str) -> Gateway {
     let server = Server::bind(config).await.expect("gateway binds");
     let listeners = server.listener_addrs();
     let admin = server.admin_addr().expect("admin enabled");
-    let router = server.router();
+    let router = server.roster();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(server.run(async move { token.cancelled().await }));

@@ -4,7 +4,7 @@
 //! - [`tls`]: how a client verifies the server (system roots, a CA file,
 //!   trust on first use, a pin, or DANGEROUSLY nothing) and what a failed
 //!   handshake means, naming the flag that would change it.
-//! - [`connect`]: connect to a `ws://` or `wss://` URL under such a policy,
+//! - [`mod@connect`]: connect to a `ws://` or `wss://` URL under such a policy,
 //!   with the name in `Origin` as the Qt example does.
 //! - [`chat`]: the interactive session: input lines to frames, received
 //!   frames to lines, scripted sends, reconnects with backoff.
