@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use futures_util::{Stream, StreamExt};
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::Events;
 use crate::metrics::{Metrics, RouteKind};
+use crate::operator::{ClientRow, Delivered};
 use crate::router::Router;
 
 /// Interval of SSE keep-alive comments, so proxies keep the stream open.
@@ -44,22 +44,6 @@ pub(crate) struct Api {
     pub(crate) max_body: usize,
     /// The bearer token every route but `/healthz` needs, if any.
     pub(crate) token: Option<Arc<str>>,
-}
-
-/// One row of `GET /clients`.
-#[derive(Debug, Serialize)]
-struct ClientRow {
-    name: String,
-    remote: String,
-    listener: String,
-    tls: bool,
-    connected_at: String,
-    provisional: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct Delivered {
-    delivered: usize,
 }
 
 /// Serves the operator API on `tcp` until shutdown.

@@ -28,7 +28,7 @@ pub const DEFAULT_LISTENER_BIND: &str = "127.0.0.1:8080";
 /// The admin listener used when the config has no `[admin]` table.
 pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
 /// Largest message a client may send (bytes); larger ones close with 1009.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = wssgate_wire::DEFAULT_MAX_MESSAGE_SIZE;
 /// Frames waiting for one slow receiver before it is closed with 1013.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
 /// Ceiling of the automatic `max_connections` (the open-file limit decides below it).

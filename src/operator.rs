@@ -4,10 +4,11 @@
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// One connected client as `GET /clients` reports it.
-#[derive(Debug, Clone, Deserialize)]
+/// One connected client as `GET /clients` reports it (the admin API writes
+/// it, this client reads it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientRow {
     /// Client name.
     pub name: String,
@@ -111,9 +112,11 @@ pub struct Operator {
     http: reqwest::Client,
 }
 
-#[derive(Deserialize)]
-struct Delivered {
-    delivered: usize,
+/// The answer to `POST /send/{name}` and `POST /broadcast`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Delivered {
+    /// Sessions the message was queued for.
+    pub(crate) delivered: usize,
 }
 
 impl Operator {
