@@ -1,4 +1,4 @@
-//! The operator HTTP API (PROTOCOL.md section 4), served with axum: clients,
+//! The operator HTTP API (`docs/PROTOCOL.md` section 8), served with axum: clients,
 //! broadcast, send, events as Server-Sent Events, health and Prometheus
 //! metrics. With a token configured, every route but `/healthz` needs
 //! `Authorization: Bearer <token>`.
@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::Events;
 use crate::metrics::{Metrics, RouteKind};
-use crate::operator::{ClientRow, Delivered};
 use crate::router::Router;
 
 /// Interval of SSE keep-alive comments, so proxies keep the stream open.
@@ -44,6 +44,32 @@ pub(crate) struct Api {
     pub(crate) max_body: usize,
     /// The bearer token every route but `/healthz` needs, if any.
     pub(crate) token: Option<Arc<str>>,
+}
+
+/// One connected client as `GET /clients` reports it (the admin API writes
+/// it, [`crate::operator`] reads it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientRow {
+    /// Client name.
+    pub name: String,
+    /// Real client address.
+    pub remote: String,
+    /// Listener it came through.
+    pub listener: String,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// RFC 3339 time of the handshake.
+    pub connected_at: String,
+    /// Whether its name is a provisional Qt name.
+    #[serde(default)]
+    pub provisional: bool,
+}
+
+/// The answer to `POST /send/{name}` and `POST /broadcast`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Delivered {
+    /// Sessions the message was queued for.
+    pub(crate) delivered: usize,
 }
 
 /// Serves the operator API on `tcp` until shutdown.

@@ -3,7 +3,7 @@
 //! The router orders the closes decided elsewhere (a newer session took the
 //! name, the queue overflowed); the session decides the rest.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 use wssgate_wire::CloseCode;
 
@@ -28,17 +28,6 @@ pub enum Close {
 }
 
 impl Close {
-    /// Every cause, in the order [`CloseOrder`] numbers them.
-    pub const ALL: [Close; 7] = [
-        Close::ShuttingDown,
-        Close::Replaced,
-        Close::SlowConsumer,
-        Close::Idle,
-        Close::TooBig,
-        Close::InvalidUtf8,
-        Close::Protocol,
-    ];
-
     /// The close code sent.
     pub fn code(self) -> CloseCode {
         match self {
@@ -78,31 +67,18 @@ impl Close {
 /// first order wins), read by the session when its token fires. Unset means
 /// the shutdown cancelled it.
 #[derive(Debug, Default)]
-pub struct CloseOrder(AtomicU8);
-
-const UNSET: u8 = 0;
+pub struct CloseOrder(OnceLock<Close>);
 
 impl CloseOrder {
     /// Records `close` unless an order is already there; true if this was
     /// the first.
     pub fn set(&self, close: Close) -> bool {
-        self.0
-            .compare_exchange(
-                UNSET,
-                Close::ALL
-                    .iter()
-                    .position(|c| *c == close)
-                    .map_or(UNSET, |i| i as u8 + 1),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
+        self.0.set(close).is_ok()
     }
 
     /// The order given, if any.
     pub fn get(&self) -> Option<Close> {
-        let stored = self.0.load(Ordering::Acquire);
-        Close::ALL.get(usize::from(stored.checked_sub(1)?)).copied()
+        self.0.get().copied()
     }
 }
 
@@ -121,7 +97,15 @@ mod tests {
 
     #[test]
     fn every_cause_round_trips_through_an_order() {
-        for close in Close::ALL {
+        for close in [
+            Close::ShuttingDown,
+            Close::Replaced,
+            Close::SlowConsumer,
+            Close::Idle,
+            Close::TooBig,
+            Close::InvalidUtf8,
+            Close::Protocol,
+        ] {
             let order = CloseOrder::default();
             order.set(close);
             assert_eq!(order.get(), Some(close), "{close:?}");

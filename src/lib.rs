@@ -16,7 +16,8 @@
 //! - `admission`: who is admitted at the upgrade: caps, allowed origins, the name.
 //! - `identity`: client names from `?name=` or `Origin`, the Qt name rules.
 //! - `session`: one connection's task: read, route, batch-write, ping, close.
-//! - `protocol`: what a client frame means; the gateway's notices (pure).
+//! - `close`: why the gateway closes a session: code, reason, drain policy.
+//! - `protocol`: what a client frame means (pure; the notices are `wssgate_wire`'s).
 //! - `outbox`: a session's bounded outbound queue (no allocation while idle).
 //! - `busypoll`: opt-in polling after traffic instead of sleeping (`[runtime] busy_poll`).
 //! - `router`: the origin-keyed routing core: names, rooms, policies (no sockets).

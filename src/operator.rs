@@ -4,26 +4,9 @@
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
 
-/// One connected client as `GET /clients` reports it (the admin API writes
-/// it, this client reads it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClientRow {
-    /// Client name.
-    pub name: String,
-    /// Real client address.
-    pub remote: String,
-    /// Listener it came through.
-    pub listener: String,
-    /// Whether it came over TLS.
-    pub tls: bool,
-    /// RFC 3339 time of the handshake.
-    pub connected_at: String,
-    /// Whether its name is a provisional Qt name.
-    #[serde(default)]
-    pub provisional: bool,
-}
+pub use crate::admin::ClientRow;
+use crate::admin::Delivered;
 
 /// The rows as `wssgate admin clients` prints them: columns aligned by
 /// display width (a CJK character takes two columns), a header, and the
@@ -110,13 +93,6 @@ pub struct Operator {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
-}
-
-/// The answer to `POST /send/{name}` and `POST /broadcast`.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Delivered {
-    /// Sessions the message was queued for.
-    pub(crate) delivered: usize,
 }
 
 impl Operator {

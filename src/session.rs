@@ -27,6 +27,7 @@ use crate::protocol::{self, Envelope, Forward, Request};
 use crate::router::{Delivery, RouteCache, Router, SessionHandle};
 use serde_json::value::RawValue;
 use wssgate_wire::Notice;
+use wssgate_wire::notice;
 
 /// Frames written per flush at most, so one busy queue cannot starve reading.
 const MAX_BATCH: usize = 64;
@@ -323,12 +324,9 @@ fn on_text(
                 router.send_to_name_cached(routes, &dst, || forward(&envelope, &name, &text));
             let failure = match delivery {
                 Delivery { targets: 0, .. } => {
-                    Some((ErrorKind::unknown_recipient, "recipient not connected"))
+                    Some((ErrorKind::unknown_recipient, notice::NOT_CONNECTED))
                 }
-                Delivery { queued: 0, .. } => Some((
-                    ErrorKind::slow_recipient,
-                    "recipient too slow, message dropped",
-                )),
+                Delivery { queued: 0, .. } => Some((ErrorKind::slow_recipient, notice::TOO_SLOW)),
                 _ => None,
             };
             match failure {

@@ -1,4 +1,4 @@
-//! PROTOCOL.md section 1 through real sockets: names from `Origin` (UTF-8 or
+//! docs/PROTOCOL.md section 2 through real sockets: names from `Origin` (UTF-8 or
 //! Latin-1) and `?name=`, handshake refusals with their status and reason,
 //! the duplicate policies, Qt's provisional names, the connection limit and
 //! several listeners feeding one router.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Protocol check for a bench peer (or wssgate itself): the core of PROTOCOL.md.
+"""Protocol check for a bench peer (or wssgate itself): the core of docs/PROTOCOL.md.
 
     bench/.venv/bin/python bench/peers/check.py ws://127.0.0.1:PORT/ [--ca FILE]
 

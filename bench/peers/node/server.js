@@ -1,4 +1,4 @@
-// Node.js + ws peer for bench/compare: the core of shared/PROTOCOL.md.
+// Node.js + ws peer for bench/compare: the core of docs/PROTOCOL.md.
 //   node server.js PORT [--host ADDR] [--cert FILE --key FILE] [-v]
 // Name: ?name= if present, else the raw Origin header (UTF-8 if valid, else
 // Latin-1). A JSON text frame with a string dst is forwarded, with src set to

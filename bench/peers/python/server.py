@@ -1,4 +1,4 @@
-"""Python + websockets peer for bench/compare: the core of shared/PROTOCOL.md.
+"""Python + websockets peer for bench/compare: the core of docs/PROTOCOL.md.
 
     python server.py PORT [--host ADDR] [--cert FILE --key FILE] [-v]
 

@@ -9,7 +9,7 @@
 // private message is routed by a linear scan of `sockets` comparing `dst`
 // with each name and sent with sendTextMessage() to every match.
 //
-// Added, minimally, so that it speaks the core of shared/PROTOCOL.md like the
+// Added, minimally, so that it speaks the core of docs/PROTOCOL.md like the
 // other peers (see bench/peers/README.md):
 //   - no widgets: QCoreApplication; the port (and optional cert/key) come from
 //     the command line; the text-box log lines go to stderr only with -v;

@@ -44,6 +44,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use wssgate_wire::notice;
 
 use super::conn::{self, Stream};
 use super::frame::{self, Masker, Reader};
@@ -76,10 +77,6 @@ const MIN_TICK: Duration = Duration::from_millis(1);
 const MAX_BURST: u64 = 64;
 /// Time the feeder gets to close politely at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// The text of the notice for a message to a name nobody holds.
-const NOT_CONNECTED: &str = "recipient not connected: ";
-/// The start of the notice for a message dropped at a full queue.
-const TOO_SLOW: &str = "recipient too slow";
 /// Digits the longest `id` takes (u64::MAX).
 const MAX_ID_DIGITS: usize = 20;
 
@@ -718,12 +715,15 @@ fn classify(payload: &[u8]) -> Notice {
     let Some(msg) = value["msg"].as_str() else {
         return Notice::Other;
     };
-    if let Some(name) = msg.strip_prefix(NOT_CONNECTED) {
+    let not_connected = msg
+        .strip_prefix(notice::NOT_CONNECTED)
+        .and_then(|rest| rest.strip_prefix(": "));
+    if let Some(name) = not_connected {
         Notice::NotConnected {
             name: name.to_owned(),
             reference: value["ref"].as_u64(),
         }
-    } else if msg.starts_with(TOO_SLOW) {
+    } else if msg.starts_with(notice::TOO_SLOW) {
         Notice::TooSlow
     } else {
         Notice::Other

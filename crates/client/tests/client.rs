@@ -687,3 +687,71 @@ async fn pin_and_verify_none() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The binary over mutual TLS, as `gen-certs` leaves the files: bob waits
+/// for one frame (`--json --wait 1`), alice sends it (`--send --to`); each
+/// presents its certificate, which is what names it on this listener.
+#[tokio::test]
+async fn mutual_tls_with_cert_and_key_delivers_a_private_message() {
+    let dir = temp_dir("mtls");
+    let ca = Ca::generate("test CA mtls", KeyType::EcdsaP256).expect("CA");
+    let ca_path = write(&dir.join("ca.pem"), &ca.pem.cert);
+    let server = ca
+        .issue(&Leaf::server(&["127.0.0.1".into(), "localhost".into()]))
+        .expect("server certificate");
+    let cert = write(&dir.join("server.pem"), &server.cert);
+    let key = write(&dir.join("server-key.pem"), &server.key);
+    let client_files = |name: &str| {
+        let pem = ca.issue(&Leaf::client(name)).expect("client certificate");
+        (
+            write(&dir.join(format!("client-{name}.pem")), &pem.cert),
+            write(&dir.join(format!("client-{name}-key.pem")), &pem.key),
+        )
+    };
+    let (alice_cert, alice_key) = client_files("alice");
+    let (bob_cert, bob_key) = client_files("bob");
+    let gw = start_config(&format!(
+        "[[listener]]\nname = \"wss\"\nbind = \"127.0.0.1:0\"\nmode = \"secure\"\ncert = {cert:?}\nkey = {key:?}\n\
+         client_auth = \"required\"\nclient_ca = {ca_path:?}\nidentity = \"certificate\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n"
+    ))
+    .await;
+    let url = wss_url(&gw);
+
+    let mut bob = spawn(
+        &[
+            &url, "--name", "bob", "--ca", &ca_path, "--cert", &bob_cert, "--key", &bob_key,
+            "--json", "--wait", "1",
+        ],
+        false,
+    );
+    bob.connected().await;
+    let alice = run(&[
+        &url,
+        "--name",
+        "alice",
+        "--ca",
+        &ca_path,
+        "--cert",
+        &alice_cert,
+        "--key",
+        &alice_key,
+        "--send",
+        "over mutual TLS",
+        "--to",
+        "bob",
+    ])
+    .await;
+    assert_eq!(alice.code, 0, "{alice:?}");
+    let bob = bob.finish().await;
+    assert_eq!(bob.code, 0, "{bob:?}");
+    let frames: Vec<Value> = bob
+        .stdout
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(
+        frames,
+        [json!({"dst":"bob","msg":"over mutual TLS","src":"alice"})]
+    );
+}

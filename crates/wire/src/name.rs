@@ -54,11 +54,15 @@ impl ClientName {
     }
 
     /// The name as text.
+    // Inlined across the crate boundary: the router reads names on every
+    // message.
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The shared string, for maps keyed by name.
+    #[inline]
     pub fn as_arc(&self) -> &Arc<str> {
         &self.0
     }

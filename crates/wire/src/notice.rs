@@ -7,6 +7,13 @@ use serde_json::value::RawValue;
 
 use crate::name::GATEWAY_NAME;
 
+/// The `msg` of the `error` notice for a private message to a name nobody
+/// holds: this text, `": "`, and the name.
+pub const NOT_CONNECTED: &str = "recipient not connected";
+/// The `msg` of the `error` notice for a private message dropped because
+/// the recipient's queue was full: this text, `": "`, and the name.
+pub const TOO_SLOW: &str = "recipient too slow, message dropped";
+
 /// A gateway notice for the client `dst`. Serializes as
 /// `{"src":"@gateway","dst":...,"type":...,...}`.
 #[derive(Debug, Serialize)]
@@ -107,11 +114,6 @@ impl<'a> Notice<'a> {
         };
         let msg = format!("{name} {verb}");
         Notice::new(dst, Body::Presence { msg, event, name })
-    }
-
-    /// What the notice says, for a person.
-    pub fn body(&self) -> &Body<'a> {
-        &self.body
     }
 
     /// The notice as a JSON text.
