@@ -192,6 +192,9 @@ impl Server {
         shutdown.await;
         tracing::info!("shutting down: closing sessions with 1001");
         shared.events.publish(&Event::Shutdown);
+        // Every session's close is the shutdown's (1001), whatever else
+        // happens while they close; then the listeners and tasks stop.
+        shared.router.shut_down();
         shared.shutdown.cancel();
         shared.tracker.close();
         let grace = shared.limits.shutdown_grace.0 + Duration::from_secs(1);

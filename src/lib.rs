@@ -20,6 +20,7 @@
 //! - `protocol`: what a client frame means (pure; the notices are `wssgate_wire`'s).
 //! - `outbox`: a session's bounded outbound queue (no allocation while idle).
 //! - `busypoll`: opt-in polling after traffic instead of sleeping (`[runtime] busy_poll`).
+//! - `presence`: joins and leaves in a bounded log that sessions read at their pace.
 //! - `router`: the origin-keyed routing core: names, rooms, policies (no sockets).
 //! - `events`: operator events fanned out to `GET /events`.
 //! - `metrics`: Prometheus metrics.
@@ -46,6 +47,7 @@ mod metrics;
 mod modes;
 pub mod operator;
 mod outbox;
+mod presence;
 mod protocol;
 mod proxy;
 mod router;

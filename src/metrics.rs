@@ -77,6 +77,7 @@ pub struct Metrics {
     errors: Family<ErrorLabel, Counter>,
     refusals: Family<StatusLabel, Counter>,
     queue_drops: Counter,
+    presence_resyncs: Counter,
 }
 
 /// Per-listener handles, created once per listener.
@@ -99,6 +100,7 @@ impl Metrics {
             errors: Family::default(),
             refusals: Family::default(),
             queue_drops: Counter::default(),
+            presence_resyncs: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -126,6 +128,11 @@ impl Metrics {
             "queue_drops",
             "Frames dropped because a receiver's outbound queue was full",
             m.queue_drops.clone(),
+        );
+        r.register(
+            "presence_resyncs",
+            "Clients sent a list of who is connected instead of the presence events they fell behind on",
+            m.presence_resyncs.clone(),
         );
         m
     }
@@ -155,6 +162,11 @@ impl Metrics {
     pub fn refusal(&self, status: u16) {
         self.refusals.get_or_create(&StatusLabel { status }).inc();
         self.error(ErrorKind::handshake);
+    }
+
+    /// Counts one presence resync (a `list` instead of missed events).
+    pub fn presence_resync(&self) {
+        self.presence_resyncs.inc();
     }
 
     /// Counts one frame dropped at a full queue.

@@ -7,6 +7,7 @@
 //! grows with bursts, and gives memory back once drained.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -25,10 +26,22 @@ pub enum PushError {
 }
 
 /// The queue; shared between the routers (push) and the session (pop).
+/// Besides frames it carries one flag, "presence changed": set by any number
+/// of joins and leaves, taken once, and never counted against `capacity`.
 pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
     capacity: usize,
+    presence: AtomicBool,
+}
+
+/// What the session should write next.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// A queued frame.
+    Frame(Message),
+    /// Presence changed since the session last looked (see `presence.rs`).
+    Presence,
 }
 
 struct State {
@@ -46,6 +59,7 @@ impl Outbox {
             }),
             ready: Notify::new(),
             capacity,
+            presence: AtomicBool::new(false),
         }
     }
 
@@ -83,14 +97,27 @@ impl Outbox {
         frame
     }
 
-    /// Waits for a frame. Cancel-safe: a frame is only taken when returned.
-    /// `None` once the queue is closed and empty.
-    pub async fn pop(&self) -> Option<Message> {
+    /// Flags that presence changed; wakes the session if the flag was clear.
+    /// Many calls before the session looks are one.
+    pub fn mark_presence(&self) {
+        if !self.presence.swap(true, Ordering::AcqRel) {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Waits for what to write next: the presence flag first (so that a
+    /// join is told before the newcomer's messages), then queued frames.
+    /// Cancel-safe: nothing is taken unless returned. `None` once the queue
+    /// is closed and empty.
+    pub async fn pop(&self) -> Option<Next> {
         loop {
+            if self.presence.swap(false, Ordering::AcqRel) {
+                return Some(Next::Presence);
+            }
             {
                 let mut state = self.lock();
                 if let Some(frame) = state.frames.pop_front() {
-                    return Some(frame);
+                    return Some(Next::Frame(frame));
                 }
                 if state.closed {
                     return None;
@@ -117,13 +144,13 @@ mod tests {
         assert_eq!(q.push(Message::text("a")), Ok(()));
         assert_eq!(q.push(Message::text("b")), Ok(()));
         assert_eq!(q.push(Message::text("c")), Err(PushError::Full));
-        assert_eq!(q.pop().await, Some(Message::text("a")));
+        assert_eq!(q.pop().await, Some(Next::Frame(Message::text("a"))));
         assert_eq!(q.try_pop(), Some(Message::text("b")));
         assert_eq!(q.try_pop(), None);
         q.push(Message::text("d")).unwrap();
         q.close();
         assert_eq!(q.push(Message::text("e")), Err(PushError::Closed));
-        assert_eq!(q.pop().await, Some(Message::text("d")));
+        assert_eq!(q.pop().await, Some(Next::Frame(Message::text("d"))));
         assert_eq!(q.pop().await, None);
     }
 
@@ -136,7 +163,26 @@ mod tests {
         });
         tokio::task::yield_now().await;
         q.push(Message::text("x")).unwrap();
-        assert_eq!(waiter.await.unwrap(), Some(Message::text("x")));
+        assert_eq!(waiter.await.unwrap(), Some(Next::Frame(Message::text("x"))));
+    }
+
+    #[tokio::test]
+    async fn presence_is_one_flag_outside_the_capacity_and_comes_first() {
+        let q = std::sync::Arc::new(Outbox::new(1));
+        q.push(Message::text("a")).unwrap();
+        for _ in 0..1000 {
+            q.mark_presence();
+        }
+        assert_eq!(q.push(Message::text("b")), Err(PushError::Full));
+        assert_eq!(q.pop().await, Some(Next::Presence));
+        assert_eq!(q.pop().await, Some(Next::Frame(Message::text("a"))));
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.pop().await }
+        });
+        tokio::task::yield_now().await;
+        q.mark_presence();
+        assert_eq!(waiter.await.unwrap(), Some(Next::Presence));
     }
 
     #[test]

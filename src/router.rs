@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::SystemTime;
 
 use crate::outbox::{Outbox, PushError};
+use crate::presence::{self, Backlog};
 use indexmap::IndexMap;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,7 @@ use crate::config::DuplicatePolicy;
 use crate::events::{Event, Events};
 use crate::identity::{Claim, ClientName, MAX_NAME_LEN, qt_latin1};
 use crate::metrics::{ErrorKind, Metrics};
-use wssgate_wire::notice::{Notice, Presence};
+use wssgate_wire::notice::Presence;
 
 /// Facts about a session shown to the operator.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct SessionHandle {
     outbox: Arc<Outbox>,
     close: CancellationToken,
     close_order: CloseOrder,
+    /// The presence events this session has been told of (see `presence.rs`).
+    presence_cursor: AtomicU64,
     /// Operator-facing facts.
     pub info: ClientInfo,
 }
@@ -223,6 +226,11 @@ struct State {
 /// The routing core. One per gateway, shared by every listener.
 pub struct Router {
     config: RouterConfig,
+    /// Joins and leaves, when `presence` is on.
+    presence: Option<presence::Log>,
+    /// Set when the gateway shuts down: no more presence, every session's
+    /// close is the shutdown's.
+    shutting_down: AtomicBool,
     state: RwLock<State>,
     /// Bumped on every write lock: see [`RouteCache`].
     generation: AtomicU64,
@@ -235,6 +243,8 @@ impl Router {
     /// An empty router.
     pub fn new(config: RouterConfig, metrics: Arc<Metrics>, events: Events) -> Router {
         Router {
+            presence: config.presence.then(presence::Log::default),
+            shutting_down: AtomicBool::new(false),
             config,
             state: RwLock::default(),
             generation: AtomicU64::new(1),
@@ -270,6 +280,7 @@ impl Router {
             outbox,
             close,
             close_order: CloseOrder::default(),
+            presence_cursor: AtomicU64::new(0),
             info,
         });
         let mut state = self.write();
@@ -303,8 +314,10 @@ impl Router {
             .push(handle.clone());
         state.sessions += 1;
         self.changed(&state);
-        if self.config.presence {
-            self.presence(&state, &handle, Presence::Join);
+        self.announce(&state, &handle, Presence::Join);
+        if let Some(log) = &self.presence {
+            // Told of what happens from now on, not of its own join.
+            handle.presence_cursor.store(log.head(), Ordering::Relaxed);
         }
         Ok(handle)
     }
@@ -314,9 +327,7 @@ impl Router {
         let mut state = self.write();
         if state.remove(handle) {
             self.changed(&state);
-            if self.config.presence {
-                self.presence(&state, handle, Presence::Leave);
-            }
+            self.announce(&state, handle, Presence::Leave);
         }
     }
 
@@ -527,15 +538,52 @@ impl Router {
         handle.deliver(frame, self)
     }
 
-    fn presence(&self, state: &State, subject: &SessionHandle, event: Presence) {
-        let name = subject.name();
+    /// Records a join or leave and flags every other session's outbox; the
+    /// sessions write the notices themselves ([`Router::presence_backlog`]).
+    /// Nothing while shutting down: those leaves are the shutdown's.
+    fn announce(&self, state: &State, subject: &SessionHandle, event: Presence) {
+        let Some(log) = &self.presence else { return };
+        if self.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        log.record(event, subject.name(), subject.id);
         for session in state.names.values().flatten() {
-            if session.id == subject.id {
-                continue;
+            if session.id != subject.id {
+                session.outbox.mark_presence();
             }
-            let receiver = session.name();
-            let notice = Notice::presence(receiver.as_str(), event, name.as_str()).to_json();
-            session.deliver(Message::text(notice), self);
+        }
+    }
+
+    /// The presence events `handle` has not been told of.
+    pub fn presence_backlog(&self, handle: &SessionHandle) -> Backlog {
+        let Some(log) = &self.presence else {
+            return Backlog::Nothing;
+        };
+        let mut cursor = handle.presence_cursor.load(Ordering::Relaxed);
+        let backlog = log.since(&mut cursor, handle.id);
+        handle.presence_cursor.store(cursor, Ordering::Relaxed);
+        backlog
+    }
+
+    /// Resyncs a session that fell behind: its cursor moves to now, and it
+    /// gets the names connected (taken after the move, so nothing is missed).
+    pub fn presence_resync(&self, handle: &SessionHandle) -> Vec<String> {
+        if let Some(log) = &self.presence {
+            let mut cursor = 0;
+            log.catch_up(&mut cursor);
+            handle.presence_cursor.store(cursor, Ordering::Relaxed);
+        }
+        self.names(None)
+    }
+
+    /// The gateway is shutting down: presence stops, and every session is
+    /// told to close for that reason before anything else can order a close
+    /// (a full queue while the others leave would otherwise win with 1013).
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let state = self.read();
+        for session in state.names.values().flatten() {
+            session.close_with(Close::ShuttingDown);
         }
     }
 

@@ -7,13 +7,15 @@
 //! queue, a tick, a cancellation), and the write phase watches the close
 //! token so that a peer that never reads cannot hold the task.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::outbox::Outbox;
+use crate::outbox::{Next, Outbox};
+use crate::presence::{Backlog, RESYNC_INTERVAL};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
@@ -31,7 +33,8 @@ use wssgate_wire::notice;
 
 /// Frames written per flush at most, so one busy queue cannot starve reading.
 const MAX_BATCH: usize = 64;
-/// Time given to a slow consumer's close frame before the socket is dropped.
+/// Time a slow consumer or a silent peer is given for its close reply,
+/// once the close frame is written.
 const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Timers of a session.
@@ -83,15 +86,31 @@ pub async fn run<S>(
         .div_ceil(timers.ping_interval.as_nanos().max(1))
         .max(1);
 
+    let mut resync = Resync::default();
+
     let end = loop {
         tokio::select! {
             biased;
             () = handle.closed() => break ordered_end(&handle),
-            Some(first) = rx.pop() => {
-                let batch = write_batch(&mut ws, first, &rx);
-                if let Err(end) = guarded(batch, &handle, &mut ping, stall_ticks).await {
+            Some(next) = rx.pop() => {
+                let result = match next {
+                    Next::Frame(first) => {
+                        let batch = write_batch(&mut ws, first, &rx);
+                        guarded(batch, &handle, &mut ping, stall_ticks).await
+                    }
+                    Next::Presence => {
+                        let frames = presence_frames(&router, &handle, &mut resync);
+                        let write = write_all(&mut ws, frames);
+                        guarded(write, &handle, &mut ping, stall_ticks).await
+                    }
+                };
+                if let Err(end) = result {
                     break end;
                 }
+            }
+            () = resync.wait() => {
+                resync.retry = None;
+                rx.mark_presence();
             }
             frame = ws.next() => {
                 if let Some(busy) = &timers.busy_poll {
@@ -191,6 +210,70 @@ fn ordered_end(handle: &SessionHandle) -> End {
     End::Closed(handle.close_order().unwrap_or(Close::ShuttingDown))
 }
 
+/// When a session may resync presence with a `list` again, and the timer
+/// that retries a resync put off until then (allocated only in a storm).
+#[derive(Default)]
+struct Resync {
+    allowed_at: Option<Instant>,
+    retry: Option<Pin<Box<Sleep>>>,
+}
+
+impl Resync {
+    /// Resolves when a put-off resync is due; never without one.
+    /// Cancel-safe: the timer stays armed.
+    async fn wait(&mut self) {
+        match &mut self.retry {
+            Some(sleep) => sleep.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The presence notices a session owes its client: the events it has not
+/// seen, one notice each, or, when it fell behind, one `list` of who is
+/// connected (at most once per [`RESYNC_INTERVAL`]; sooner, it is put off).
+fn presence_frames(router: &Router, handle: &SessionHandle, resync: &mut Resync) -> Vec<Message> {
+    let me = handle.name();
+    match router.presence_backlog(handle) {
+        Backlog::Nothing => Vec::new(),
+        Backlog::Events(events) => events
+            .iter()
+            .map(|(event, name)| {
+                Message::text(Notice::presence(me.as_str(), *event, name.as_str()).to_json())
+            })
+            .collect(),
+        Backlog::Behind => {
+            let now = Instant::now();
+            if let Some(at) = resync.allowed_at.filter(|at| *at > now) {
+                if resync.retry.is_none() {
+                    resync.retry = Some(Box::pin(tokio::time::sleep_until(at)));
+                }
+                return Vec::new();
+            }
+            resync.allowed_at = Some(now + RESYNC_INTERVAL);
+            router.metrics().presence_resync();
+            let names = router.presence_resync(handle);
+            let list = Notice::list(me.as_str(), &names, None, None).to_json();
+            vec![Message::text(list)]
+        }
+    }
+}
+
+/// Writes `frames` and flushes once. Cancel-safe in the way
+/// [`write_batch`] is: a frame is handed over whole or not at all.
+async fn write_all<S>(ws: &mut WebSocketStream<S>, frames: Vec<Message>) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for frame in frames {
+        ws.feed(frame).await?;
+    }
+    ws.flush().await
+}
+
 /// Feeds `first` and every frame already queued (up to a batch), then flushes once.
 ///
 /// Cancel-safe: the session drops this future when it is told to close, and
@@ -218,8 +301,15 @@ where
     ws.flush().await
 }
 
-/// Sends what is queued, then the close frame, and waits for the peer's
-/// close reply; all within `grace`.
+/// Sends what is queued (unless the cause drops it), then the close frame,
+/// and waits for the peer's close reply.
+///
+/// The close frame goes out behind what the socket already holds, the rest
+/// of a frame cut off mid-write included, so it is given the whole `grace`
+/// to be written: a client that reads, however slowly, gets whole frames
+/// and then its close code, not a stream that stops mid-frame. A slow
+/// consumer or a silent peer is then given only [`SLOW_CLOSE_TIMEOUT`] for
+/// its reply; others the rest of the grace.
 async fn close<S>(ws: &mut WebSocketStream<S>, rx: &Outbox, why: Close, grace: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -229,24 +319,30 @@ where
         reason: Utf8Bytes::from_static(why.reason()),
     };
     let drain = why.drains_queue();
-    let grace = if drain {
-        grace
-    } else {
-        SLOW_CLOSE_TIMEOUT.min(grace)
-    };
-    let closing = async {
+    let deadline = Instant::now() + grace;
+    let written = tokio::time::timeout_at(deadline, async {
         if drain {
             rx.close();
             while let Some(queued) = rx.try_pop() {
                 ws.feed(queued).await?;
             }
         }
-        ws.send(Message::Close(Some(frame))).await?;
-        // Read until the peer's close reply ends the stream.
-        while let Some(Ok(_)) = ws.next().await {}
-        Ok::<(), WsError>(())
+        ws.send(Message::Close(Some(frame))).await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    let reply_by = if drain {
+        deadline
+    } else {
+        deadline.min(Instant::now() + SLOW_CLOSE_TIMEOUT)
     };
-    let _ = tokio::time::timeout(grace, closing).await;
+    // Read until the peer's close reply ends the stream.
+    let _ = tokio::time::timeout_at(reply_by, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 fn on_read_error(router: &Router, handle: &SessionHandle, e: WsError) -> End {

@@ -177,7 +177,9 @@ const BLAST_COUNT: usize = 2000;
 
 #[tokio::test]
 async fn abuse_reader_that_never_reads_is_closed_and_the_sender_is_not_blocked() {
-    let gw = start("[limits]\noutbound_queue = 8\n").await;
+    // The close frame of a slow consumer is given the shutdown grace to get
+    // through; this one never reads, so the grace is kept short.
+    let gw = start("[limits]\noutbound_queue = 8\nshutdown_grace = \"1s\"\n").await;
     let mut events = subscribe_events(gw.operator()).await;
     let mut alice = connect(&gw, "alice").await;
     let mut bob = connect(&gw, "bob").await;
@@ -222,7 +224,8 @@ async fn abuse_reader_that_never_reads_is_closed_and_the_sender_is_not_blocked()
     assert_eq!(error["msg"], "slow consumer: outbound queue full");
     let gone = next_disconnect(&mut events, "slow").await;
     assert_eq!(gone["reason"], "closed by gateway: 1013 slow consumer");
-    // The gateway dropped the slow socket: it reads what was in flight, then EOF.
+    // The gateway gave up on the slow socket after the shutdown grace: it
+    // reads what was in flight, then EOF.
     slow.expect_eof().await;
 
     // The sender still gets answers; before the list reply come exactly
@@ -286,6 +289,49 @@ async fn abuse_reader_that_never_reads_is_closed_and_the_sender_is_not_blocked()
         json!({"dst":"alice","msg":"after the flood","src":"sender"})
     );
     exchange(&mut alice, "alice", &mut bob, "bob").await;
+}
+
+/// Abuse: a reader that does read, but only once it has fallen far behind,
+/// is cut off as a slow consumer; what it then reads is whole frames and
+/// its 1013 close frame, not a stream that stops in the middle of a frame.
+#[tokio::test]
+async fn abuse_slow_reader_that_is_cut_off_gets_whole_frames_then_1013() {
+    let gw = start("[limits]\noutbound_queue = 8\n").await;
+    let mut events = subscribe_events(gw.operator()).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.ws).await.expect("tcp connect");
+    let mut slow = raw_handshake(stream, "slow").await;
+
+    let (mut sender, mut from_gateway) = connect(&gw, "sender").await.split();
+    tokio::spawn(async move { while let Some(Ok(_)) = from_gateway.next().await {} });
+    let blast = Message::text(private_of_size("slow", BLAST_PAYLOAD));
+    let blasting = tokio::spawn(async move {
+        for _ in 0..BLAST_COUNT {
+            if sender.feed(blast.clone()).await.is_err() {
+                break;
+            }
+        }
+        let _ = sender.flush().await;
+        sender
+    });
+
+    // Cut off while a frame is being written; only now does it read.
+    let error = await_event(&mut events, |e| e["type"] == "error" && e["name"] == "slow").await;
+    assert_eq!(error["msg"], "slow consumer: outbound queue full");
+    let (code, reason, before) = slow.read_close().await;
+    assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
+    assert!(
+        before.iter().all(|&op| op == OP_TEXT),
+        "whole text frames before the close: {before:?}"
+    );
+    let gone = next_disconnect(&mut events, "slow").await;
+    assert_eq!(gone["reason"], "closed by gateway: 1013 slow consumer");
+    let sender = tokio::time::timeout(Duration::from_secs(60), blasting)
+        .await
+        .expect("the sender was not blocked")
+        .expect("sender task");
+    drop(sender);
 }
 
 #[tokio::test]
