@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::admin;
 use crate::busypoll::BusyPoll;
@@ -216,14 +216,30 @@ fn local(tcp: &TcpListener) -> String {
         .map_or_else(|e| format!("<{e}>"), |a| a.to_string())
 }
 
+/// Connections the kernel holds for a listener before `accept` (capped by
+/// `net.core.somaxconn`). tokio's default, 1,024, overflows when thousands
+/// of clients come back at once after an outage, and a dropped SYN costs
+/// the client a retransmission backoff of seconds.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(listener: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|reason| StartError::Bind {
-            listener: listener.to_owned(),
-            addr,
-            reason,
-        })
+    let bound = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As TcpListener::bind does: a restart may bind while old
+        // connections linger in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bound().map_err(|reason| StartError::Bind {
+        listener: listener.to_owned(),
+        addr,
+        reason,
+    })
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: Arc<Listener>, tcp: TcpListener) {

@@ -5,12 +5,14 @@
 //! An event costs one log entry and a flag set on every other session's
 //! outbox (no frame, no allocation per receiver). A session that wakes with
 //! a few unseen events writes them as `presence` notices; one that fell
-//! further behind (a storm of joins or leaves, or a log that wrapped past it)
-//! gets a single `list` notice of who is connected instead, at most once per
-//! [`RESYNC_INTERVAL`]. Presence never takes room in the outbound queue, so
-//! it can never fill it and be the reason a session is closed.
+//! further behind (a storm of joins or leaves) gets one digest frame of who
+//! connected and who left, net; one the log has wrapped past gets a `list`
+//! of who is connected instead, at most once per [`RESYNC_INTERVAL`].
+//! Presence never takes room in the outbound queue, so it can never fill it
+//! and be the reason a session is closed; and what a session is sent grows
+//! with what changed, not with how many are connected.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use wssgate_wire::notice::Presence;
 
 /// Events kept; a session more than this far behind resyncs with a `list`.
 const LOG_CAP: usize = 4096;
-/// Unseen events a session is sent one by one; more and it gets a `list`.
+/// Unseen events a session is sent one by one; more and it gets a digest.
 pub const MAX_NOTICES: u64 = 32;
 /// Shortest time between two `list` resyncs of one session: in a storm,
 /// what happens meanwhile is folded into the next one.
@@ -51,7 +53,15 @@ pub enum Backlog {
     Nothing,
     /// A few events, in order, to be sent one by one.
     Events(Vec<(Presence, ClientName)>),
-    /// Too many, or some are gone from the log: resync with a `list`.
+    /// Many events, folded: who connected and who left since the cursor
+    /// (a name that came and went, or went and came back, is in neither).
+    Digest {
+        /// Connected now, not at the cursor.
+        joined: Vec<String>,
+        /// Connected at the cursor, not now.
+        left: Vec<String>,
+    },
+    /// Some are gone from the log: resync with a `list`.
     Behind,
 }
 
@@ -83,9 +93,9 @@ impl Log {
         });
     }
 
-    /// What `session`, whose cursor is `cursor`, has not seen. Events are
-    /// returned (and the cursor moved past them) only when they are few and
-    /// all still in the log; otherwise [`Backlog::Behind`], cursor unmoved.
+    /// What `session`, whose cursor is `cursor`, has not seen: the events
+    /// when they are few, a digest when they are many, the cursor moved past
+    /// them; [`Backlog::Behind`], cursor unmoved, when some left the log.
     pub fn since(&self, cursor: &mut u64, session: u64) -> Backlog {
         let inner = self.lock();
         let unseen = inner.next.saturating_sub(*cursor);
@@ -93,17 +103,20 @@ impl Log {
             return Backlog::Nothing;
         }
         let oldest = inner.entries.front().map_or(inner.next, |e| e.seq);
-        if *cursor < oldest || unseen > MAX_NOTICES {
+        if *cursor < oldest {
             return Backlog::Behind;
         }
         let events = inner
             .entries
             .iter()
-            .filter(|e| e.seq >= *cursor && e.session != session)
-            .map(|e| (e.event, e.name.clone()))
-            .collect();
+            .filter(|e| e.seq >= *cursor && e.session != session);
+        let backlog = if unseen <= MAX_NOTICES {
+            Backlog::Events(events.map(|e| (e.event, e.name.clone())).collect())
+        } else {
+            digest(events)
+        };
         *cursor = inner.next;
-        Backlog::Events(events)
+        backlog
     }
 
     /// Moves a cursor to the head, before the `list` that resyncs it is
@@ -112,6 +125,32 @@ impl Log {
     pub fn catch_up(&self, cursor: &mut u64) {
         *cursor = self.head();
     }
+}
+
+/// Folds events into who connected and who left: a name whose first and
+/// last events differ (came and went, went and came back) is in neither.
+fn digest<'e>(events: impl Iterator<Item = &'e Entry>) -> Backlog {
+    // name -> (first event, last event), in order of first appearance.
+    let mut seen: Vec<(&ClientName, Presence, Presence)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for e in events {
+        match index.get(e.name.as_str()) {
+            Some(&i) => seen[i].2 = e.event,
+            None => {
+                index.insert(e.name.as_str(), seen.len());
+                seen.push((&e.name, e.event, e.event));
+            }
+        }
+    }
+    let (mut joined, mut left) = (Vec::new(), Vec::new());
+    for (name, first, last) in seen {
+        match (first, last) {
+            (Presence::Join, Presence::Join) => joined.push(name.to_string()),
+            (Presence::Leave, Presence::Leave) => left.push(name.to_string()),
+            _ => {}
+        }
+    }
+    Backlog::Digest { joined, left }
 }
 
 #[cfg(test)]
@@ -140,18 +179,27 @@ mod tests {
     }
 
     #[test]
-    fn a_session_far_behind_resyncs_instead() {
+    fn a_session_far_behind_gets_a_digest_net_of_comings_and_goings() {
         let log = Log::default();
         let mut cursor = log.head();
-        for i in 0..=MAX_NOTICES {
+        log.record(Presence::Leave, name("old"), 1);
+        log.record(Presence::Join, name("flicker"), 2);
+        log.record(Presence::Leave, name("flicker"), 2);
+        log.record(Presence::Leave, name("back"), 3);
+        log.record(Presence::Join, name("back"), 4);
+        for i in 0..MAX_NOTICES {
             log.record(Presence::Join, name(&format!("c{i}")), i + 10);
         }
-        assert_eq!(log.since(&mut cursor, 1), Backlog::Behind);
-        log.catch_up(&mut cursor);
-        assert_eq!(log.since(&mut cursor, 1), Backlog::Nothing);
+        let Backlog::Digest { joined, left } = log.since(&mut cursor, 99) else {
+            panic!("a digest");
+        };
+        assert_eq!(left, ["old"]);
+        assert_eq!(joined.len(), MAX_NOTICES as usize);
+        assert_eq!(joined[0], "c0");
+        assert_eq!(log.since(&mut cursor, 99), Backlog::Nothing);
         log.record(Presence::Leave, name("c0"), 10);
         assert_eq!(
-            log.since(&mut cursor, 1),
+            log.since(&mut cursor, 99),
             Backlog::Events(vec![(Presence::Leave, name("c0"))])
         );
     }

@@ -230,8 +230,9 @@ impl Resync {
 }
 
 /// The presence notices a session owes its client: the events it has not
-/// seen, one notice each, or, when it fell behind, one `list` of who is
-/// connected (at most once per [`RESYNC_INTERVAL`]; sooner, it is put off).
+/// seen, one notice each; many of them folded into one digest; or, when the
+/// log moved past it, one `list` of who is connected (at most once per
+/// [`RESYNC_INTERVAL`]; sooner, it is put off).
 fn presence_frames(router: &Router, handle: &SessionHandle, resync: &mut Resync) -> Vec<Message> {
     let me = handle.name();
     match router.presence_backlog(handle) {
@@ -242,6 +243,10 @@ fn presence_frames(router: &Router, handle: &SessionHandle, resync: &mut Resync)
                 Message::text(Notice::presence(me.as_str(), *event, name.as_str()).to_json())
             })
             .collect(),
+        Backlog::Digest { joined, left } => {
+            let digest = Notice::presence_digest(me.as_str(), &joined, &left).to_json();
+            vec![Message::text(digest)]
+        }
         Backlog::Behind => {
             let now = Instant::now();
             if let Some(at) = resync.allowed_at.filter(|at| *at > now) {

@@ -49,6 +49,20 @@ pub enum Body<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<&'a str>,
     },
+    /// Many clients connected or disconnected since the client was last
+    /// told (`[routing] presence`, in a storm): one frame instead of one
+    /// per event. Serialized with `type` `presence` and `event` `digest`.
+    #[serde(rename = "presence")]
+    PresenceDigest {
+        /// `N connected, M disconnected`.
+        msg: String,
+        /// Always `digest`.
+        event: Digest,
+        /// Who connected, in order (and is still connected).
+        joined: &'a [String],
+        /// Who disconnected, in order (and is still gone).
+        left: &'a [String],
+    },
     /// A client connected or disconnected (`[routing] presence`).
     Presence {
         /// `NAME connected` or `NAME disconnected`.
@@ -68,6 +82,14 @@ pub enum Presence {
     Join,
     /// The client disconnected.
     Leave,
+}
+
+/// The `event` of a presence digest: always `digest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Digest {
+    /// Several clients connected or disconnected.
+    Digest,
 }
 
 impl<'a> Notice<'a> {
@@ -116,6 +138,19 @@ impl<'a> Notice<'a> {
         Notice::new(dst, Body::Presence { msg, event, name })
     }
 
+    /// A presence digest: who connected and who disconnected since the
+    /// client was last told, net of each other.
+    pub fn presence_digest(dst: &'a str, joined: &'a [String], left: &'a [String]) -> Self {
+        let msg = format!("{} connected, {} disconnected", joined.len(), left.len());
+        let body = Body::PresenceDigest {
+            msg,
+            event: Digest::Digest,
+            joined,
+            left,
+        };
+        Notice::new(dst, body)
+    }
+
     /// The notice as a JSON text.
     pub fn to_json(&self) -> String {
         // Serializing strings, string slices and already-valid raw JSON into
@@ -154,6 +189,17 @@ mod tests {
         assert_eq!(
             parse(&Notice::presence("a", Presence::Leave, "b")),
             json!({"src":"@gateway","dst":"a","type":"presence","msg":"b disconnected","event":"leave","name":"b"})
+        );
+    }
+
+    #[test]
+    fn a_digest_is_a_presence_notice_with_both_lists() {
+        let joined = ["a".to_owned()];
+        let left = ["b".to_owned(), "c".to_owned()];
+        assert_eq!(
+            parse(&Notice::presence_digest("me", &joined, &left)),
+            json!({"src":"@gateway","dst":"me","type":"presence","msg":"1 connected, 2 disconnected",
+                   "event":"digest","joined":["a"],"left":["b","c"]})
         );
     }
 

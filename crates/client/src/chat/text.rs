@@ -164,22 +164,33 @@ fn display_text(text: &str) -> String {
 fn display_object(object: &Map<String, Value>, raw: &str) -> String {
     let field = |key: &str| object.get(key).and_then(Value::as_str);
     let msg = object.get("msg").map(value_text);
+    let names = |key: &str| -> Vec<String> {
+        object
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|names| names.iter().map(value_text).collect())
+            .unwrap_or_default()
+    };
     match (field("src"), field("type")) {
         (Some(GATEWAY_NAME), Some(kind)) => {
             let msg = msg.unwrap_or_default();
             match kind {
                 "error" => format!("error: {msg}"),
-                "list" => {
-                    let names: Vec<String> = object
-                        .get("names")
-                        .and_then(Value::as_array)
-                        .map(|names| names.iter().map(value_text).collect())
-                        .unwrap_or_default();
-                    format!("{msg}: {}", names.join(", "))
-                }
+                "list" => format!("{msg}: {}", names("names").join(", ")),
                 "presence" => match (field("name"), field("event")) {
                     (Some(name), Some("join")) => format!("{} connected", clean(name)),
                     (Some(name), Some("leave")) => format!("{} disconnected", clean(name)),
+                    (None, Some("digest")) => {
+                        let mut parts = Vec::new();
+                        let (joined, left) = (names("joined"), names("left"));
+                        if !joined.is_empty() {
+                            parts.push(format!("connected: {}", joined.join(", ")));
+                        }
+                        if !left.is_empty() {
+                            parts.push(format!("disconnected: {}", left.join(", ")));
+                        }
+                        parts.join("; ")
+                    }
                     _ => msg,
                 },
                 _ => format!("gateway: {msg}"),
@@ -382,6 +393,10 @@ mod tests {
             (
                 r#"{"src":"@gateway","dst":"me","type":"presence","msg":"x","event":"leave","name":"bob"}"#,
                 "bob disconnected",
+            ),
+            (
+                r#"{"src":"@gateway","dst":"me","type":"presence","msg":"2 connected, 1 disconnected","event":"digest","joined":["a","b"],"left":["c"]}"#,
+                "connected: a, b; disconnected: c",
             ),
             (
                 r#"{"src":"@gateway","type":"future","msg":"m"}"#,
