@@ -22,6 +22,7 @@ use crate::events::{Event, Events};
 use crate::metrics::Metrics;
 use crate::router::{Router, RouterConfig};
 use crate::tls::{self, ServerTls, ServerTlsFiles, TlsError};
+use crate::trim;
 
 /// Pause after a failed `accept()` (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -177,6 +178,9 @@ impl Server {
             let stop = shared.shutdown.clone();
             shared.tracker.spawn(async move { busy.run(stop).await });
         }
+        shared
+            .tracker
+            .spawn(trim::run(shared.router.clone(), shared.shutdown.clone()));
         if let Some(tcp) = self.admin {
             let api = admin::Api {
                 router: shared.router.clone(),

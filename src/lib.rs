@@ -20,6 +20,7 @@
 //! - `protocol`: what a client frame means (pure; the notices are `wssgate_wire`'s).
 //! - `outbox`: a session's bounded outbound queue (no allocation while idle).
 //! - `busypoll`: opt-in polling after traffic instead of sleeping (`[runtime] busy_poll`).
+//! - `trim`: memory given back to the system after a burst of clients leaves.
 //! - `presence`: joins and leaves in a bounded log that sessions read at their pace.
 //! - `router`: the origin-keyed routing core: names, rooms, policies (no sockets).
 //! - `events`: operator events fanned out to `GET /events`.
@@ -28,7 +29,8 @@
 //! - [`operator`] (*public*): the client of that API behind `wssgate admin`.
 //! - [`certgen`] (*public*): development CA, server and client certificates (`gen-certs`, `dev_certs`).
 
-#![forbid(unsafe_code)]
+// One call needs unsafe: glibc's malloc_trim, in `trim` (measured there).
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod admin;
@@ -53,6 +55,7 @@ mod proxy;
 mod router;
 mod session;
 mod tls;
+mod trim;
 
 pub use config::Config;
 pub use gateway::{Roster, Server, StartError, serve};

