@@ -118,13 +118,6 @@ impl Log {
         *cursor = inner.next;
         backlog
     }
-
-    /// Moves a cursor to the head, before the `list` that resyncs it is
-    /// taken: an event recorded in between is then sent again as a notice
-    /// (told twice, never lost).
-    pub fn catch_up(&self, cursor: &mut u64) {
-        *cursor = self.head();
-    }
 }
 
 /// Folds events into who connected and who left: a name whose first and

@@ -565,13 +565,12 @@ impl Router {
         backlog
     }
 
-    /// Resyncs a session that fell behind: its cursor moves to now, and it
-    /// gets the names connected (taken after the move, so nothing is missed).
+    /// Resyncs a session that fell behind: its cursor moves to now, then it
+    /// gets the names connected. An event recorded in between is sent again
+    /// as a notice: told twice, never lost.
     pub fn presence_resync(&self, handle: &SessionHandle) -> Vec<String> {
         if let Some(log) = &self.presence {
-            let mut cursor = 0;
-            log.catch_up(&mut cursor);
-            handle.presence_cursor.store(cursor, Ordering::Relaxed);
+            handle.presence_cursor.store(log.head(), Ordering::Relaxed);
         }
         self.names(None)
     }

@@ -57,11 +57,10 @@ pub async fn run(router: Arc<Router>, shutdown: CancellationToken) {
         if !mark.observe(sessions) {
             continue;
         }
-        let metrics = router.metrics().clone();
         let trimmed = tokio::task::spawn_blocking(give_back)
             .await
             .unwrap_or(false);
-        metrics.memory_trim();
+        router.metrics().memory_trim();
         tracing::debug!(
             sessions,
             trimmed,

@@ -14,8 +14,6 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// Reading clients kept connected through the storms: 2,000, or
 /// `WSSGATE_PRESENCE_CLIENTS` for a larger run by hand (one test at a
@@ -79,16 +77,9 @@ fn enough_files(clients: usize) {
 
 /// Connects as `name`, allowing [`HANDSHAKE`] for it.
 async fn connect_slowly(url: &str, name: &str) -> Ws {
-    let mut request = url
-        .into_client_request()
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    let origin = HeaderValue::from_str(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    request.headers_mut().insert("Origin", origin);
-    let (ws, _) = tokio::time::timeout(HANDSHAKE, tokio_tungstenite::connect_async(request))
+    try_connect_within(url, Some(name.as_bytes()), HANDSHAKE)
         .await
-        .unwrap_or_else(|_| panic!("{name}: no handshake within {HANDSHAKE:?}"))
-        .unwrap_or_else(|e| panic!("connect {name}: {e}"));
-    ws
+        .unwrap_or_else(|e| panic!("connect {name}: {e}"))
 }
 
 /// The names connected, from a `list` (presence notices on the way are skipped).

@@ -152,6 +152,16 @@ pub async fn try_connect(
     url: &str,
     origin: Option<&[u8]>,
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    try_connect_within(url, origin, WAIT).await
+}
+
+/// [`try_connect`], allowing `within` for the handshake (thousands under
+/// way at once take longer than one).
+pub async fn try_connect_within(
+    url: &str,
+    origin: Option<&[u8]>,
+    within: Duration,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let mut request = url.into_client_request()?;
     if let Some(origin) = origin {
         request.headers_mut().insert(
@@ -159,7 +169,7 @@ pub async fn try_connect(
             HeaderValue::from_bytes(origin).expect("test origin is a valid header value"),
         );
     }
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+    let (ws, _) = tokio::time::timeout(within, tokio_tungstenite::connect_async(request))
         .await
         .expect("handshake in time")?;
     Ok(ws)
