@@ -129,7 +129,7 @@ pub(crate) async fn run(run: &Arc<Run>, args: &IdleArgs) -> anyhow::Result<Outco
 }
 
 /// Holds one connection: answers pings until the stop, then closes.
-async fn hold(
+pub(crate) async fn hold(
     run: Arc<Run>,
     index: usize,
     mut stream: Stream,

@@ -12,6 +12,7 @@
 //! - [`pairs`], [`fanout`], [`idle`], [`connect`]: the scenarios.
 //! - [`stalled`]: `pairs --stalled`: clients that never read, the feeder
 //!   that keeps their queues full, their reconnects, the server's RSS.
+//! - [`soak`]: a long mixed run sampled every `--sample`, with a verdict.
 //!
 //! Every scenario is bounded: it opens at most [`options::MAX_CONNECTIONS`],
 //! runs for `--warmup` plus `--duration` (each at most
@@ -30,6 +31,7 @@ pub mod pace;
 #[path = "pace_elsewhere.rs"]
 pub mod pace;
 pub mod pairs;
+pub mod soak;
 pub mod stalled;
 pub mod stats;
 
@@ -91,6 +93,8 @@ pub enum Figures {
     Idle(idle::IdleFigures),
     /// See [`connect::ConnectFigures`].
     Connect(connect::ConnectFigures),
+    /// See [`soak::SoakFigures`].
+    Soak(soak::SoakFigures),
 }
 
 /// CPU time of a process in the measured window.
@@ -262,7 +266,7 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Runs the scenario `opts` names and returns its report.
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
-    let common = opts.common().clone();
+    let mut common = opts.common().clone();
     common.validate(opts.connections())?;
     let nofile = stats::raise_nofile();
     if !common.quiet {
@@ -281,14 +285,21 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         nofile.soft,
         nofile.hard
     );
-    let target = conn::Target::new(&common, opts.resume())
-        .await
-        .with_context(|| format!("cannot use {}", common.url))?;
-    let tls = target.is_tls();
     let prefix = common
         .prefix
         .clone()
         .unwrap_or_else(|| format!("bench{}-", std::process::id()));
+    let mut soak_gateway = None;
+    if let Scenario::Soak(args) = &opts.scenario {
+        let gateway = soak::gateway::prepare(args, &common.url, common.pid, &prefix).await?;
+        common.url = gateway.url.clone();
+        common.pid = gateway.pid;
+        soak_gateway = Some(gateway);
+    }
+    let target = conn::Target::new(&common, opts.resume())
+        .await
+        .with_context(|| format!("cannot use {}", common.url))?;
+    let tls = target.is_tls();
     let run = Arc::new(Run {
         common: common.clone(),
         target,
@@ -299,7 +310,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         first_error: std::sync::Mutex::new(None),
         progress: AtomicU64::new(0),
     });
-    let progress = stats::progress(run.clone(), opts.progress_label());
+    // A soak prints a line per sample instead of one a second.
+    let progress = (!matches!(opts.scenario, Scenario::Soak(_)))
+        .then(|| stats::progress(run.clone(), opts.progress_label()));
     if common.spin {
         // Yielded tasks resume only after the runtime has polled its
         // sockets (without waiting): this loop keeps it from ever sleeping.
@@ -315,9 +328,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         Scenario::Fanout(args) => fanout::run(&run, args).await,
         Scenario::Idle(args) => idle::run(&run, args).await,
         Scenario::Connect(args) => connect::run(&run, args).await,
+        Scenario::Soak(args) => match soak_gateway.take() {
+            Some(gateway) => soak::run(&run, args, gateway).await,
+            None => Err(anyhow::anyhow!("soak: no gateway prepared")),
+        },
     };
     run.stop.cancel();
-    progress.abort();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
     let outcome = outcome?;
     let (start, end) = &outcome.window;
     let window = end
@@ -354,6 +373,16 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     })
 }
 
+impl Report {
+    /// False when the run's own verdict failed (only `soak` has one).
+    pub fn passed(&self) -> bool {
+        match &self.figures {
+            Figures::Soak(soak) => soak.passed,
+            _ => true,
+        }
+    }
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
@@ -371,6 +400,7 @@ impl std::fmt::Display for Report {
             Figures::Fanout(p) => write!(f, "{p}")?,
             Figures::Idle(p) => write!(f, "{p}")?,
             Figures::Connect(p) => write!(f, "{p}")?,
+            Figures::Soak(p) => write!(f, "{p}")?,
         }
         writeln!(f, "load generator CPU: {}", self.load)?;
         if let Some(s) = &self.server {

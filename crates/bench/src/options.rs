@@ -41,6 +41,12 @@ pub enum Scenario {
     /// Full handshakes (TCP, TLS with wss, WebSocket upgrade) per second,
     /// each connection closed after its upgrade.
     Connect(ConnectArgs),
+    /// A long mixed run (idle readers, paced pairs, connect/disconnect
+    /// churn, slow-consumer episodes) that samples the server every
+    /// `--sample` and ends with a verdict: memory and open files without
+    /// growth, gauges back to zero, no unexpected warnings, latency without
+    /// a trend. Exits 1 when the verdict fails.
+    Soak(SoakArgs),
 }
 
 /// Flags every scenario takes.
@@ -209,6 +215,69 @@ pub struct ConnectArgs {
     pub common: Common,
 }
 
+/// Flags of `soak`.
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// Start this gateway binary (`wssgate serve`) on a config of the
+    /// soak's own (ws and admin listeners on free loopback ports,
+    /// `presence = true`, every limit at its default), read its log, and
+    /// stop it with SIGTERM at the end; `--url` and `--pid` are then its.
+    #[arg(long, value_name = "BIN")]
+    pub gateway: Option<PathBuf>,
+    /// With --gateway: this config instead of the soak's own (it needs a
+    /// ws listener and the admin API; ports may be 0).
+    #[arg(long, value_name = "FILE", requires = "gateway")]
+    pub gateway_config: Option<PathBuf>,
+    /// The admin API (host:port) whose /metrics is sampled, for a gateway
+    /// the soak did not start.
+    #[arg(long, value_name = "ADDR", conflicts_with = "gateway")]
+    pub admin: Option<String>,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "WSSGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// The log file of a gateway the soak did not start: lines written to
+    /// it during the run are checked for WARN and ERROR.
+    #[arg(long, value_name = "FILE", conflicts_with = "gateway")]
+    pub log: Option<PathBuf>,
+    /// Idle connections held open for the whole run, reading everything
+    /// (presence notices) and answering pings.
+    #[arg(long, default_value_t = 5000)]
+    pub idle: usize,
+    /// Connections in pairs, each sending to its partner at a fixed pace.
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+    /// Messages a second the pairs send in total.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// New short-lived connections a second; each stays `--churn-hold`
+    /// and then leaves in turn with a close frame, a FIN (no close frame)
+    /// or a reset.
+    #[arg(long, default_value_t = 20.0)]
+    pub churn: f64,
+    /// How long a churn connection stays.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub churn_hold: Duration,
+    /// A slow-consumer episode this often: a client that stops reading is
+    /// sent large messages until the server cuts it off (1013).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub slow_every: Duration,
+    /// Sample the server (RSS, open files, metrics) and close a latency
+    /// window this often.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sample: Duration,
+    /// Verdict: most RSS growth allowed, MiB per hour (robust slope over
+    /// the samples).
+    #[arg(long, default_value_t = 64.0)]
+    pub max_growth: f64,
+    /// Verdict: most the median p50 and p99 of the last third of the
+    /// windows may exceed those of the first third, as a ratio.
+    #[arg(long, default_value_t = 3.0)]
+    pub max_latency_ratio: f64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
 impl Options {
     /// The common flags of the chosen scenario.
     pub fn common(&self) -> &Common {
@@ -217,6 +286,19 @@ impl Options {
             Scenario::Fanout(a) => &a.common,
             Scenario::Idle(a) => &a.common,
             Scenario::Connect(a) => &a.common,
+            Scenario::Soak(a) => &a.common,
+        }
+    }
+
+    /// The common flags of the chosen scenario, to change (`soak --gateway`
+    /// sets the URL and pid of the gateway it started).
+    pub fn common_mut(&mut self) -> &mut Common {
+        match &mut self.scenario {
+            Scenario::Pairs(a) => &mut a.common,
+            Scenario::Fanout(a) => &mut a.common,
+            Scenario::Idle(a) => &mut a.common,
+            Scenario::Connect(a) => &mut a.common,
+            Scenario::Soak(a) => &mut a.common,
         }
     }
 
@@ -229,6 +311,10 @@ impl Options {
             Scenario::Fanout(a) => a.connections + 1,
             Scenario::Idle(a) => a.connections,
             Scenario::Connect(a) => a.concurrency,
+            Scenario::Soak(a) => a
+                .idle
+                .saturating_add(a.pairs)
+                .saturating_add(super::soak::EXTRA_CONNECTIONS),
         }
     }
 
@@ -240,6 +326,7 @@ impl Options {
             Scenario::Fanout(_) => Label::Rate("deliveries/s"),
             Scenario::Idle(_) => Label::Level("open"),
             Scenario::Connect(_) => Label::Rate("handshakes/s"),
+            Scenario::Soak(_) => Label::Level("open"),
         }
     }
 
@@ -257,6 +344,7 @@ impl Scenario {
             Scenario::Fanout(_) => "fanout",
             Scenario::Idle(_) => "idle",
             Scenario::Connect(_) => "connect",
+            Scenario::Soak(_) => "soak",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `wssgate-bench`: parses flags, runs one load scenario, prints the report
-//! (text, or one JSON line with `--json`).
+//! (text, or one JSON line with `--json`); exits 1 when it fails, or when
+//! a soak's verdict does.
 
 use std::process::ExitCode;
 
@@ -16,16 +17,21 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(bench::run(&opts)) {
-        Ok(report) if opts.common().json => {
-            println!(
-                "{}",
-                serde_json::to_string(&report).expect("a report serializes")
-            );
-            ExitCode::SUCCESS
-        }
         Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
+            if opts.common().json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("a report serializes")
+                );
+            } else {
+                println!("{report}");
+            }
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                // A soak whose verdict failed.
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("wssgate-bench: {e:#}");
