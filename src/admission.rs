@@ -44,7 +44,7 @@ impl Policy {
         cert: Option<&PeerCert>,
     ) -> Result<Claim, Refusal> {
         if !place.is_admitted() {
-            return Err(Refusal::new(503, "too many connections: try again later"));
+            return Err(full());
         }
         self.name(upgrade.query.as_deref(), upgrade.origin.as_deref(), cert)
     }
@@ -84,18 +84,26 @@ impl Policy {
     }
 }
 
+/// The answer over `max_connections`, to an upgrade and to a health check.
+pub(crate) fn full() -> Refusal {
+    Refusal::new(503, "too many connections: try again later")
+}
+
+/// The answer over `max_connections_per_address`.
+pub(crate) fn address_over_limit() -> Refusal {
+    Refusal::new(
+        503,
+        "too many connections from this address: try again later",
+    )
+}
+
 /// A place under `max_connections_per_address` for a session from `ip`
 /// (none to hold without a limit), or the 503 to answer with.
 pub(crate) fn address_slot(
     limit: &Arc<AddressLimit>,
     ip: IpAddr,
 ) -> Result<Option<AddressSlot>, Refusal> {
-    limit.acquire(ip).ok_or_else(|| {
-        Refusal::new(
-            503,
-            "too many connections from this address: try again later",
-        )
-    })
+    limit.acquire(ip).ok_or_else(address_over_limit)
 }
 
 /// The answer to a name the router will not take (`on_duplicate = "reject"`).

@@ -21,7 +21,8 @@ pub enum Close {
     Idle,
     /// A message over `max_message_size` (1009).
     TooBig,
-    /// A text frame that is not UTF-8 (1007).
+    /// A text frame or a close reason that is not UTF-8 (1007; tungstenite
+    /// reports both alike).
     InvalidUtf8,
     /// Any other WebSocket protocol violation (1002).
     Protocol,
@@ -49,7 +50,7 @@ impl Close {
             Close::SlowConsumer => "slow consumer",
             Close::Idle => "idle timeout",
             Close::TooBig => "message too big",
-            Close::InvalidUtf8 => "text frame is not valid UTF-8",
+            Close::InvalidUtf8 => "invalid UTF-8 in a text frame or close reason",
             Close::Protocol => "protocol error",
         }
     }

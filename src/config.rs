@@ -253,6 +253,11 @@ pub struct LimitsConfig {
     pub max_rooms_per_session: usize,
     /// Sessions from one client address (after proxy resolution); unset: no limit.
     pub max_connections_per_address: Option<NonZeroUsize>,
+    /// Connections still in their handshakes (PROXY header, TLS, upgrade)
+    /// at once; a new one beyond it evicts the one that has waited longest.
+    /// Unset: half of `max_connections`.
+    #[serde(rename = "max_pending_handshakes")]
+    pub max_pending_handshakes_setting: Option<NonZeroUsize>,
 }
 
 /// What to do when a second session claims a name already connected.
@@ -409,11 +414,22 @@ impl Config {
                 ),
             ));
         }
-        if admin.token.as_deref().is_some_and(|t| t.len() < 16) {
-            return Err((
-                self.admin.span(),
-                "[admin] token must be at least 16 characters".into(),
-            ));
+        if let Some(token) = admin.token.as_deref() {
+            if token.chars().count() < 16 {
+                return Err((
+                    self.admin.span(),
+                    "[admin] token must be at least 16 characters".into(),
+                ));
+            }
+            // It travels in a header, where whitespace is trimmed and
+            // control characters are not allowed: such a token could never
+            // be presented, and 16 spaces are no secret.
+            if !token.chars().all(|c| c.is_ascii_graphic()) {
+                return Err((
+                    self.admin.span(),
+                    "[admin] token must be printable ASCII without spaces".into(),
+                ));
+            }
         }
         let limits = self.limits.get_ref();
         if limits.idle_timeout.0 <= limits.ping_interval.0 {
@@ -519,6 +535,13 @@ impl LimitsConfig {
         soft.saturating_sub(RESERVED_FILES)
             .clamp(1, AUTO_MAX_CONNECTIONS_CEILING)
     }
+
+    /// The budget of connections in their handshakes: the configured one,
+    /// else half of [`LimitsConfig::max_connections`] (at least 1).
+    pub fn max_pending_handshakes(&self) -> usize {
+        self.max_pending_handshakes_setting
+            .map_or_else(|| (self.max_connections() / 2).max(1), NonZeroUsize::get)
+    }
 }
 
 impl Default for LimitsConfig {
@@ -533,6 +556,7 @@ impl Default for LimitsConfig {
             shutdown_grace: ConfigDuration(DEFAULT_SHUTDOWN_GRACE),
             max_rooms_per_session: DEFAULT_MAX_ROOMS_PER_SESSION,
             max_connections_per_address: None,
+            max_pending_handshakes_setting: None,
         }
     }
 }

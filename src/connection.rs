@@ -22,7 +22,9 @@ use tracing::Instrument;
 
 use crate::admission::{self, PeerCert, Policy};
 use crate::busypoll::BusyPoll;
-use crate::caps::{AddressLimit, ConnectionCap, Place};
+use crate::caps::{
+    AddressLimit, AddressSlot, ConnectionCap, PendingHandshakes, PendingSlot, Place,
+};
 use crate::config::{DEFAULT_MAX_REQUEST_HEAD, LimitsConfig, ListenerConfig};
 use crate::events::{Event, Events};
 use crate::handshake::{self, Head, Refusal, Upgrade};
@@ -56,6 +58,7 @@ pub(crate) struct Shared {
     ws_config: WebSocketConfig,
     connections: ConnectionCap,
     per_address: Arc<AddressLimit>,
+    pending: Arc<PendingHandshakes>,
 }
 
 impl Shared {
@@ -76,6 +79,7 @@ impl Shared {
             router,
             connections: ConnectionCap::new(limits.max_connections()),
             per_address: Arc::new(AddressLimit::new(limits.max_connections_per_address)),
+            pending: Arc::new(PendingHandshakes::new(limits.max_pending_handshakes())),
             limits,
             ws_config,
             shutdown: CancellationToken::new(),
@@ -119,15 +123,42 @@ struct Connection {
     peer: SocketAddr,
     /// Its place under the connection cap, held until its session ends.
     place: Place,
+    /// Its place under `max_connections_per_address`, when its address was
+    /// known at accept (see [`spawn`]); held until its session ends.
+    address: Accounted,
+    /// Its place among the pending handshakes (only under the cap); its
+    /// token stops the handshake at shutdown or when it is evicted.
+    pending: Option<PendingSlot>,
+    /// Ends every handshake phase: the pending slot's token, else shutdown's.
+    stop: CancellationToken,
     /// When every handshake phase together must be over.
     deadline: Instant,
     /// The client certificate, once TLS has run.
     cert: Option<PeerCert>,
 }
 
+/// How a connection stands with `max_connections_per_address`.
+enum Accounted {
+    /// Its address is known only after its PROXY header or request head
+    /// (a trusted proxy's connection): counted at the upgrade.
+    Later,
+    /// Counted at accept: the place it holds (none without a limit).
+    Counted(Option<AddressSlot>),
+    /// Its address was at its limit at accept: it gets a 503.
+    OverLimit,
+}
+
 /// Starts a task for a connection the accept loop just took, without
 /// awaiting anything: over the cap, the connection still gets its 503 (after
 /// TLS and the request head), unless too many are already waiting for one.
+///
+/// Where the client's address is the TCP peer's (no PROXY header expected,
+/// the peer not a trusted proxy) it is counted under
+/// `max_connections_per_address` here, before it takes a place under the
+/// cap: an address at its limit is refused without ever holding one, so a
+/// single peer with many silent sockets cannot fill the cap. A connection
+/// under the cap also enters the pending handshakes, whose budget evicts the
+/// longest-waiting handshake when full.
 pub(crate) fn spawn(
     shared: &Arc<Shared>,
     listener: &Arc<Listener>,
@@ -135,11 +166,36 @@ pub(crate) fn spawn(
     peer: SocketAddr,
 ) {
     let span = tracing::info_span!("conn", listener = %listener.name, peer = %peer, client = tracing::field::Empty);
-    let Some(place) = shared.connections.enter() else {
+    let config = &listener.config;
+    let direct = !config.proxy_protocol && !config.trusted_proxies.contains(peer.ip());
+    let address = if direct {
+        match shared.per_address.acquire(peer.ip()) {
+            Some(slot) => Accounted::Counted(slot),
+            None => Accounted::OverLimit,
+        }
+    } else {
+        Accounted::Later
+    };
+    let place = match address {
+        Accounted::OverLimit => shared.connections.refuse(),
+        _ => shared.connections.enter(),
+    };
+    let Some(place) = place else {
         shared.metrics.refusal(503);
         tracing::debug!(parent: &span, "over the connection limit; dropped");
         return;
     };
+    let pending = place.is_admitted().then(|| {
+        let (slot, evicted) = shared.pending.enter(&shared.shutdown);
+        if evicted > 0 {
+            shared.metrics.handshake_evictions(evicted);
+            tracing::debug!(parent: &span, evicted, "pending handshakes over budget; evicted the longest-waiting");
+        }
+        slot
+    });
+    let stop = pending
+        .as_ref()
+        .map_or_else(|| shared.shutdown.child_token(), |p| p.stop.clone());
     let (shared, listener) = (shared.clone(), listener.clone());
     let tracker = shared.tracker.clone();
     let task = async move {
@@ -150,6 +206,9 @@ pub(crate) fn spawn(
             listener,
             peer,
             place,
+            address,
+            pending,
+            stop,
             deadline,
             cert: None,
         };
@@ -183,7 +242,7 @@ impl Connection {
         }
         let read = tokio::select! {
             biased;
-            () = shared.shutdown.cancelled() => return None,
+            () = self.stop.cancelled() => return None,
             r = tokio::time::timeout_at(self.deadline, proxy::read_header(stream)) => r,
         };
         match read {
@@ -215,7 +274,7 @@ impl Connection {
         };
         let accepted = tokio::select! {
             biased;
-            () = self.shared.shutdown.cancelled() => return,
+            () = self.stop.cancelled() => return,
             r = tokio::time::timeout_at(self.deadline, acceptor.accept(stream)) => r,
         };
         match accepted {
@@ -237,7 +296,7 @@ impl Connection {
 
     /// The HTTP upgrade on the (TLS-terminated) stream, admission, and the
     /// session. Over the connection cap it ends with 503.
-    async fn upgrade<S>(self, mut stream: S)
+    async fn upgrade<S>(mut self, mut stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -245,7 +304,7 @@ impl Connection {
         let listener = &self.listener;
         let request = tokio::select! {
             biased;
-            () = shared.shutdown.cancelled() => return,
+            () = self.stop.cancelled() => return,
             result = tokio::time::timeout_at(self.deadline, self.read_upgrade(&mut stream)) => match result {
                 Ok(Some(request)) => request,
                 Ok(None) => return,
@@ -263,9 +322,14 @@ impl Connection {
             &listener.config.trusted_proxies,
             listener.config.forwarded_header,
         );
-        let address_slot = match admission::address_slot(&shared.per_address, remote.ip()) {
-            Ok(slot) => slot,
-            Err(refusal) => return refuse(shared, &mut stream, &refusal).await,
+        let address_slot = match std::mem::replace(&mut self.address, Accounted::Later) {
+            Accounted::Counted(slot) => slot,
+            // Refused in read_upgrade already; never here.
+            Accounted::OverLimit => return,
+            Accounted::Later => match admission::address_slot(&shared.per_address, remote.ip()) {
+                Ok(slot) => slot,
+                Err(refusal) => return refuse(shared, &mut stream, &refusal).await,
+            },
         };
         let rx = Arc::new(Outbox::new(shared.limits.outbound_queue.get()));
         let tx = rx.clone();
@@ -282,8 +346,17 @@ impl Connection {
             Ok(handle) => handle,
             Err(e) => return refuse(shared, &mut stream, &admission::router_refusal(e)).await,
         };
-        match tokio::time::timeout_at(self.deadline, handshake::accept(&mut stream, &upgrade)).await
-        {
+        let accepted = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => None,
+            r = tokio::time::timeout_at(self.deadline, handshake::accept(&mut stream, &upgrade)) => Some(r),
+        };
+        let Some(accepted) = accepted else {
+            tracing::debug!("handshake stopped before the upgrade response went out");
+            shared.router.remove(&handle);
+            return;
+        };
+        match accepted {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "peer left during the upgrade");
@@ -296,6 +369,8 @@ impl Connection {
                 return;
             }
         }
+        // The handshakes are over: out of the pending budget.
+        drop(self.pending.take());
         let leftover = upgrade.leftover;
         let name = handle.name();
         tracing::Span::current().record("client", tracing::field::display(&name));
@@ -350,11 +425,21 @@ impl Connection {
         };
         let upgrade = match head {
             Head::Upgrade(upgrade) => upgrade,
+            // A health check of a listener at its cap: not healthy, so that
+            // a load balancer sends new clients elsewhere.
+            Head::Respond(refusal) if refusal.status == 200 && !self.place.is_admitted() => {
+                refuse(&self.shared, stream, &admission::full()).await;
+                return None;
+            }
             Head::Respond(refusal) => {
                 refuse(&self.shared, stream, &refusal).await;
                 return None;
             }
         };
+        if matches!(self.address, Accounted::OverLimit) {
+            refuse(&self.shared, stream, &admission::address_over_limit()).await;
+            return None;
+        }
         let policy = &self.listener.policy;
         match policy.admit(&self.place, &upgrade, self.cert.as_ref()) {
             Ok(claim) => Some((upgrade, claim)),

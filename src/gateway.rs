@@ -20,8 +20,9 @@ use crate::config::{Config, ListenerConfig};
 use crate::connection::{self, Listener, Shared};
 use crate::events::{Event, Events};
 use crate::metrics::Metrics;
+use crate::reload::{self, Reload};
 use crate::router::{Router, RouterConfig};
-use crate::tls::{self, ServerTls, ServerTlsFiles, TlsError};
+use crate::tls::{ServerTls, ServerTlsFiles, TlsError};
 use crate::trim;
 
 /// Pause after a failed `accept()` (e.g. out of file descriptors).
@@ -82,6 +83,7 @@ pub struct Server {
     listeners: Vec<(ListenerConfig, TcpListener, Option<Arc<ServerTls>>)>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
+    reload: Reload,
 }
 
 impl Server {
@@ -122,6 +124,7 @@ impl Server {
             listeners,
             admin,
             shared,
+            reload: Reload::default(),
         })
     }
 
@@ -136,6 +139,12 @@ impl Server {
     /// The bound admin address, if the operator API is enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// A handle that asks this gateway, once running, to reload its
+    /// certificates (`wssgate serve` uses it on SIGHUP).
+    pub fn reload_handle(&self) -> Reload {
+        self.reload.clone()
     }
 
     /// Who is connected, read-only (for embedding and tests).
@@ -157,16 +166,15 @@ impl Server {
                 .tracker
                 .spawn(accept_loop(shared.clone(), listener, tcp));
         }
-        if !reloadable.is_empty() {
-            let interval = self.config.tls.reload_interval.0;
-            let reload = tls::reload_on_change(
-                reloadable,
-                interval,
-                shared.events.clone(),
-                shared.shutdown.clone(),
-            );
-            shared.tracker.spawn(reload);
-        }
+        // Always running: a reload request must never be what stops the
+        // gateway, TLS listeners or not.
+        shared.tracker.spawn(reload::run(
+            reloadable,
+            self.config.tls.reload_interval.0,
+            self.reload.clone(),
+            shared.events.clone(),
+            shared.shutdown.clone(),
+        ));
         if let Some(busy) = shared.busy_poll.clone() {
             let window = self
                 .config

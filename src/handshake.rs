@@ -167,12 +167,52 @@ fn classify(request: &httparse::Request<'_, '_>, prefix: &PathPrefix) -> Head {
             "this is a WebSocket endpoint: connect with a WebSocket client",
         ));
     }
+    // RFC 6455 section 4.2.1, as strictly as clients in the wild allow.
+    if request.version != Some(1) {
+        return Head::Respond(Refusal::new(400, "a WebSocket upgrade needs HTTP/1.1"));
+    }
+    let count = |name: &str| {
+        request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    match count("host") {
+        1 => {}
+        0 => return Head::Respond(Refusal::new(400, "missing Host header")),
+        _ => return Head::Respond(Refusal::new(400, "more than one Host header")),
+    }
+    // An upgrade has no body; a length or a transfer coding on it can
+    // only make the peer and a proxy in front disagree on where it ends.
+    if count("transfer-encoding") > 0 {
+        return Head::Respond(Refusal::new(
+            400,
+            "Transfer-Encoding is not allowed on an upgrade request (it has no body)",
+        ));
+    }
+    let lengths = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+    if lengths.into_iter().any(|h| h.value.trim_ascii() != b"0") {
+        return Head::Respond(Refusal::new(
+            400,
+            "Content-Length is not allowed on an upgrade request (it has no body)",
+        ));
+    }
     if header("sec-websocket-version") != Some(b"13") {
         return Head::Respond(Refusal::new(426, "unsupported WebSocket version: use 13"));
     }
     let Some(key) = header("sec-websocket-key").filter(|k| !k.is_empty()) else {
         return Head::Respond(Refusal::new(400, "missing Sec-WebSocket-Key"));
     };
+    if count("sec-websocket-key") > 1 || !is_websocket_key(key) {
+        return Head::Respond(Refusal::new(
+            400,
+            "Sec-WebSocket-Key must be one base64-encoded 16-byte value",
+        ));
+    }
     Head::Upgrade(Upgrade {
         query: query.map(str::to_owned),
         origin: header("origin").map(<[u8]>::to_vec),
@@ -180,6 +220,14 @@ fn classify(request: &httparse::Request<'_, '_>, prefix: &PathPrefix) -> Head {
         forwarded: forwarded_headers(request.headers),
         leftover: Vec::new(),
     })
+}
+
+/// True for a canonical base64 encoding of 16 bytes (24 characters).
+fn is_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && data_encoding::BASE64
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
 }
 
 fn forwarded_headers(headers: &[httparse::Header<'_>]) -> ForwardedHeaders {
@@ -266,7 +314,7 @@ mod tests {
         }
     }
 
-    const UPGRADE: &str = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    const UPGRADE: &str = "Host: gw\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
     #[tokio::test]
     async fn decisions() {
@@ -294,6 +342,70 @@ mod tests {
         for (raw, prefix, expected) in cases {
             assert_eq!(status(head(&raw, prefix).await), expected, "{raw}");
         }
+    }
+
+    /// RFC 6455 section 4.2.1 and no body: each refused with 400 and why.
+    #[tokio::test]
+    async fn lenient_upgrades_are_refused_with_a_reason() {
+        let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
+        let cases = [
+            (
+                format!("GET / HTTP/1.0\r\n{UPGRADE}\r\n"),
+                "a WebSocket upgrade needs HTTP/1.1",
+            ),
+            (
+                format!(
+                    "GET / HTTP/1.1\r\n{}\r\n",
+                    UPGRADE.replace("Host: gw\r\n", "")
+                ),
+                "missing Host header",
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nHost: a\r\n{UPGRADE}\r\n"),
+                "more than one Host header",
+            ),
+            (
+                format!(
+                    "GET / HTTP/1.1\r\n{}\r\n",
+                    UPGRADE.replace(key, "Sec-WebSocket-Key: c2hvcnQ=")
+                ),
+                "Sec-WebSocket-Key must be one base64-encoded 16-byte value",
+            ),
+            (
+                format!(
+                    "GET / HTTP/1.1\r\n{}\r\n",
+                    UPGRADE.replace(key, "Sec-WebSocket-Key: not base64 at all, 24 ch")
+                ),
+                "Sec-WebSocket-Key must be one base64-encoded 16-byte value",
+            ),
+            (
+                format!("GET / HTTP/1.1\r\n{UPGRADE}{key}\r\n\r\n"),
+                "Sec-WebSocket-Key must be one base64-encoded 16-byte value",
+            ),
+            (
+                format!("GET / HTTP/1.1\r\n{UPGRADE}Content-Length: 5\r\n\r\nhello"),
+                "Content-Length is not allowed on an upgrade request (it has no body)",
+            ),
+            (
+                format!("GET / HTTP/1.1\r\n{UPGRADE}Transfer-Encoding: chunked\r\n\r\n"),
+                "Transfer-Encoding is not allowed on an upgrade request (it has no body)",
+            ),
+        ];
+        for (raw, reason) in cases {
+            match head(&raw, "/").await {
+                Head::Respond(r) => {
+                    assert_eq!((r.status, r.reason.as_str()), (400, reason), "{raw}")
+                }
+                Head::Upgrade(_) => panic!("admitted: {raw}"),
+            }
+        }
+        // What is still fine: Content-Length: 0, and HTTP/1.0 outside upgrades.
+        let zero = format!("GET / HTTP/1.1\r\n{UPGRADE}Content-Length: 0\r\n\r\n");
+        assert_eq!(status(head(&zero, "/").await), 101);
+        assert_eq!(
+            status(head("GET /healthz HTTP/1.0\r\n\r\n", "/").await),
+            200
+        );
     }
 
     #[tokio::test]

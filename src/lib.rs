@@ -11,7 +11,8 @@
 //! - `caps`: connection accounting: the connection cap and the cap per address.
 //! - `connection`: one connection's handshakes, PROXY to TLS to upgrade, then its session.
 //! - `proxy`: real client addresses behind proxies (PROXY protocol, forwarding headers).
-//! - `tls`: each TLS listener's rustls config, and its reload (file change, SIGHUP).
+//! - `tls`: each TLS listener's rustls config.
+//! - `reload`: what is reloaded in place, and when (file change, [`Reload`] requests: SIGHUP).
 //! - `handshake`: the HTTP request head and the upgrade or refusal answer.
 //! - `admission`: who is admitted at the upgrade: caps, allowed origins, the name.
 //! - `identity`: client names from `?name=` or `Origin`, the Qt name rules.
@@ -50,8 +51,11 @@ mod modes;
 pub mod operator;
 mod outbox;
 mod presence;
+#[cfg(test)]
+mod proptests;
 mod protocol;
 mod proxy;
+mod reload;
 mod router;
 mod session;
 mod tls;
@@ -60,6 +64,7 @@ mod trim;
 pub use config::Config;
 pub use gateway::{Roster, Server, StartError, serve};
 pub use identity::{Claim, claim};
+pub use reload::Reload;
 
 /// What `benches/routing.rs` measures: the routing core and its parts,
 /// re-exported for the micro-benchmarks only, behind the

@@ -112,11 +112,18 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
+            // The handlers first: from here on SIGTERM and SIGINT stop the
+            // gateway gracefully and SIGHUP reloads it; none takes the
+            // default action (termination) while it starts.
+            let shutdown = shutdown_signal();
+            let hangups = hangup_signal();
             let (config, source) = load(config.as_deref())?;
             init_logs(&config.log.level.0);
             tracing::info!(config = %source, "starting wssgate {}", env!("CARGO_PKG_VERSION"));
             raise_open_file_limit(config.limits.get_ref());
-            wssgate::serve(config, shutdown_signal()).await?;
+            let server = wssgate::Server::bind(config).await?;
+            tokio::spawn(forward_hangups(hangups, server.reload_handle()));
+            server.run(shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::GenCerts {
@@ -306,6 +313,38 @@ async fn shutdown_signal() {
     }
     tracing::info!("SIGINT received");
 }
+
+/// SIGHUP's handler, installed when this is called (see [`shutdown_signal`]).
+#[cfg(unix)]
+fn hangup_signal() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
+/// Turns every SIGHUP into a reload request (`systemctl reload wssgate`).
+#[cfg(unix)]
+async fn forward_hangups(
+    signal: std::io::Result<tokio::signal::unix::Signal>,
+    reload: wssgate::Reload,
+) {
+    match signal {
+        Ok(mut signal) => {
+            while signal.recv().await.is_some() {
+                tracing::info!("SIGHUP received");
+                reload.request();
+            }
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot listen for SIGHUP: a SIGHUP would stop the gateway; certificates reload on file change only"
+        ),
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() {}
+
+#[cfg(not(unix))]
+async fn forward_hangups(_signal: (), _reload: wssgate::Reload) {}
 
 /// Waits for one signal; forever if its handler could not be installed.
 #[cfg(unix)]

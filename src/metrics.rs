@@ -79,6 +79,7 @@ pub struct Metrics {
     queue_drops: Counter,
     presence_resyncs: Counter,
     memory_trims: Counter,
+    handshake_evictions: Counter,
 }
 
 /// Per-listener handles, created once per listener.
@@ -103,6 +104,7 @@ impl Metrics {
             queue_drops: Counter::default(),
             presence_resyncs: Counter::default(),
             memory_trims: Counter::default(),
+            handshake_evictions: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -140,6 +142,11 @@ impl Metrics {
             "memory_trims",
             "Times free memory was given back to the system after a burst of clients left",
             m.memory_trims.clone(),
+        );
+        r.register(
+            "handshake_evictions",
+            "Connections dropped in their handshakes because max_pending_handshakes were waiting and a new one came",
+            m.handshake_evictions.clone(),
         );
         m
     }
@@ -179,6 +186,11 @@ impl Metrics {
     /// Counts one memory trim after a burst.
     pub fn memory_trim(&self) {
         self.memory_trims.inc();
+    }
+
+    /// Counts handshakes evicted from a full pending budget.
+    pub fn handshake_evictions(&self, n: usize) {
+        self.handshake_evictions.inc_by(n as u64);
     }
 
     /// Counts one frame dropped at a full queue.

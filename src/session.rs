@@ -377,7 +377,7 @@ fn on_read_error(router: &Router, handle: &SessionHandle, e: WsError) -> End {
         }
         WsError::Utf8(e) => {
             router.metrics().error(ErrorKind::protocol);
-            tracing::debug!(client = %name, %remote, error = %e, "text frame is not UTF-8");
+            tracing::debug!(client = %name, %remote, error = %e, "invalid UTF-8 in a text frame or close reason");
             End::Closed(Close::InvalidUtf8)
         }
         // The peer's TCP connection ended without a close frame (it vanished,

@@ -1,11 +1,10 @@
 //! The server side of TLS: each TLS listener's rustls config, built from its
-//! files and mode, and reloaded in place when the files change (polled) or
-//! on SIGHUP. What the gateway shares with its client (provider, PEM loading,
+//! files and mode, and reloaded in place (`reload` decides when). What the gateway shares with its client (provider, PEM loading,
 //! fingerprints, the dangerous verifiers) is in `wssgate-pki`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
@@ -15,10 +14,7 @@ use wssgate_pki::{
     ALPN_HTTP11, danger, load_certs, load_key, load_roots, provider, validity_problem,
 };
 
-use tokio_util::sync::CancellationToken;
-
 use crate::config::ListenerConfig;
-use crate::events::{Event, Events};
 use crate::modes::{ClientAuth, Mode};
 
 /// The files and policy of one TLS listener.
@@ -80,14 +76,32 @@ impl ServerTlsFiles {
     }
 }
 
-/// Builds a listener's rustls config from its files. Logs a warning for an
-/// expired or not-yet-valid certificate (it is still served: refusing would
-/// turn a late renewal into an outage).
-pub fn server_config(files: &ServerTlsFiles) -> Result<ServerConfig, TlsError> {
+/// What to do with a certificate outside its validity period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// At start: serve it with a warning (there is no other certificate to
+    /// keep, and refusing to start would turn a late renewal into an outage
+    /// of the plain listeners too).
+    WarnOnly,
+    /// At a reload: refuse it, so that the valid certificate in service
+    /// stays (every handshake would fail with the new one).
+    Refuse,
+}
+
+/// Builds a listener's rustls config from its files; a leaf certificate
+/// that is expired or not yet valid is warned about or refused, as
+/// `validity` says.
+pub fn server_config(files: &ServerTlsFiles, validity: Validity) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let certs = load_certs(&files.cert)?;
     let key = load_key(&files.key)?;
     if let Some(problem) = validity_problem(&certs[0], SystemTime::now()) {
+        if validity == Validity::Refuse {
+            return Err(TlsError::Rejected {
+                path: files.cert.clone(),
+                reason: format!("the certificate {problem}; keeping the one in service"),
+            });
+        }
         tracing::warn!(listener = %files.listener, cert = %files.cert.display(), "server certificate {problem}");
     }
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -150,7 +164,7 @@ pub struct ServerTls {
 impl ServerTls {
     /// Loads the files; errors name the file at fault.
     pub fn load(files: ServerTlsFiles) -> Result<ServerTls, TlsError> {
-        let config = server_config(&files)?;
+        let config = server_config(&files, Validity::WarnOnly)?;
         let stamps = stamps(&files);
         Ok(ServerTls {
             files,
@@ -183,70 +197,10 @@ impl ServerTls {
         // Remember the stamps even on failure, so that a broken file is
         // reported once, not on every poll; fixing it changes them again.
         *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) = new_stamps;
-        let config = server_config(&self.files)?;
+        let config = server_config(&self.files, Validity::Refuse)?;
         *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) =
             TlsAcceptor::from(Arc::new(config));
         Ok(())
-    }
-}
-
-/// Reloads the listeners' certificates when their files change on disk
-/// (checked every `interval`) and on SIGHUP, until `shutdown`. A broken new
-/// file keeps the old certificate in service; both outcomes are logged and
-/// published as [`Event::TlsReload`].
-pub(crate) async fn reload_on_change(
-    listeners: Vec<Arc<ServerTls>>,
-    interval: Duration,
-    events: Events,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates reload on file change only"))
-        .ok();
-    loop {
-        #[cfg(unix)]
-        let sighup = async {
-            match hangup.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let sighup = std::future::pending::<Option<()>>();
-        let forced = tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => false,
-            _ = sighup => true,
-        };
-        if forced {
-            tracing::info!("SIGHUP: reloading certificates");
-        }
-        for tls in &listeners {
-            if !forced && !tls.changed_on_disk() {
-                continue;
-            }
-            let listener = &tls.files().listener;
-            match tls.reload() {
-                Ok(()) => {
-                    tracing::info!(listener = %listener, cert = %tls.files().cert.display(), "certificate reloaded; new handshakes use it");
-                    events.publish(&Event::TlsReload {
-                        listener,
-                        error: None,
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(listener = %listener, error = %e, "certificate reload failed; keeping the previous certificate");
-                    let error = e.to_string();
-                    events.publish(&Event::TlsReload {
-                        listener,
-                        error: Some(&error),
-                    });
-                }
-            }
-        }
     }
 }
 

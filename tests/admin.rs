@@ -583,6 +583,22 @@ async fn token_guards_every_route_but_healthz() {
     }
     let upper = format!("Bearer {}", TOKEN.to_uppercase());
     assert_eq!(status_with(&gw, "GET", "/clients", Some(&upper)).await, 401);
+    // One or more spaces after the scheme (RFC 9110 section 11.4: 1*SP);
+    // before, two spaces made the token " TOKEN" and a 401.
+    for auth in [format!("Bearer  {TOKEN}"), format!("Bearer \t {TOKEN}")] {
+        assert_eq!(
+            status_with(&gw, "GET", "/clients", Some(&auth)).await,
+            200,
+            "{auth:?}"
+        );
+    }
+    for auth in ["Bearer", "Bearer ", "Bearer  "] {
+        assert_eq!(
+            status_with(&gw, "GET", "/clients", Some(auth)).await,
+            401,
+            "{auth:?}"
+        );
+    }
 }
 
 #[tokio::test]

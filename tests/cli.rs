@@ -326,6 +326,27 @@ async fn serve_admin_commands_and_sigterm() {
     gw.log_line("stopped").await;
 }
 
+/// `systemctl reload` sends SIGHUP; a gateway without a TLS listener (the
+/// nginx TLS-termination setup) used to die of it, dropping every client.
+#[tokio::test]
+async fn sighup_without_a_tls_listener_keeps_serving() {
+    let mut gw = Served::start(&simple_config("")).await;
+    let mut alice = try_connect(&gw.ws_url("/"), Some(b"alice"))
+        .await
+        .expect("connect to the real binary");
+    gw.log_line("client=alice").await;
+    for _ in 0..2 {
+        gw.signal("-HUP");
+        gw.log_line("SIGHUP received").await;
+        gw.log_line("no TLS listener, nothing to reload").await;
+    }
+    let out = gw.admin(&["send", "alice", "still here"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(recv_text(&mut alice).await, "still here");
+    gw.signal("-TERM");
+    assert!(gw.wait().await.success());
+}
+
 #[tokio::test]
 async fn sigint_stops_gracefully_too() {
     let mut gw = Served::start(&simple_config("")).await;
@@ -498,6 +519,11 @@ async fn check_config_reports_file_line_and_reason() {
             "unknown field",
         ),
         ("[admin]\nbind = \"0.0.0.0:9090\"\n", 1, "not on loopback"),
+        (
+            "[admin]\ntoken = \"                \"\n",
+            1,
+            "token must be printable ASCII without spaces",
+        ),
         (
             "[limits]\nidle_timeout = \"never\"\n",
             2,

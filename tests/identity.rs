@@ -168,6 +168,8 @@ async fn handshake_refusals_have_a_status_and_a_one_line_reason() {
     const RESERVED: &str = "names starting with '@' are reserved for the gateway\n";
     const CONTROL: &str = "name contains a control character\n";
     const ENCODING: &str = "name is not valid percent-encoded UTF-8\n";
+    const BLANK: &str =
+        "name starts or ends with whitespace, or holds whitespace other than a plain space\n";
     const NOT_WS: &str = "this is a WebSocket endpoint: connect with a WebSocket client\n";
     let wrong_version = String::from_utf8(upgrade_request("/", &[("Origin", b"v")]))
         .unwrap()
@@ -238,6 +240,43 @@ async fn handshake_refusals_have_a_status_and_a_one_line_reason() {
             upgrade_request("/?name=%FF", &[("Origin", b"x")]),
             400,
             ENCODING,
+        ),
+        (
+            "?name=+@gateway (a leading space)",
+            upgrade_request("/?name=+@gateway", &[]),
+            400,
+            BLANK,
+        ),
+        (
+            // (In Origin, HTTP drops the space: it is not part of the value.)
+            "trailing space in ?name=",
+            upgrade_request("/?name=alice%20", &[]),
+            400,
+            BLANK,
+        ),
+        (
+            "no-break space inside",
+            upgrade_request("/?name=ali%C2%A0ce", &[]),
+            400,
+            BLANK,
+        ),
+        (
+            "zero-width space beside alice",
+            upgrade_request("/?name=ali%E2%80%8Bce", &[]),
+            400,
+            "name contains the invisible formatting character U+200B\n",
+        ),
+        (
+            "right-to-left override",
+            upgrade_request("/?name=%E2%80%AEecila", &[]),
+            400,
+            "name contains the invisible formatting character U+202E\n",
+        ),
+        (
+            "a room's name",
+            upgrade_request("/?name=%23general", &[]),
+            400,
+            "names starting with '#' are taken for rooms\n",
         ),
         (
             "plain GET",
@@ -632,6 +671,21 @@ async fn over_max_connections_is_503_until_a_slot_frees() {
     assert_private(&mut a, "a", &mut c, "c").await;
     assert_private(&mut c, "c", &mut a, "a").await;
     assert_eq!(list(&mut a).await, ["a", "c"]);
+}
+
+/// A load balancer's health check must see a full listener as unhealthy.
+#[tokio::test]
+async fn health_check_of_a_full_listener_is_503() {
+    let gw = start("[limits]\nmax_connections = 1\n").await;
+    let health = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n";
+    assert_eq!(http_raw(gw.ws, health).await, (200, "ok\n".to_owned()));
+    let a = connect(&gw, "a").await;
+    assert_eq!(
+        http_raw(gw.ws, health).await,
+        (503, "too many connections: try again later\n".to_owned())
+    );
+    leave(a).await;
+    assert_eq!(http_raw(gw.ws, health).await, (200, "ok\n".to_owned()));
 }
 
 // ------------------------------------------------------------ listeners

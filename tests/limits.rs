@@ -119,7 +119,7 @@ async fn abuse_invalid_utf8_in_text_frames_closes_with_1007() {
     let (code, reason, texts) = recv_close(&mut bad).await;
     assert_eq!(
         (code, reason.as_str()),
-        (1007, "text frame is not valid UTF-8")
+        (1007, "invalid UTF-8 in a text frame or close reason")
     );
     assert!(texts.is_empty(), "{texts:?}");
     next_disconnect(&mut events, "bad").await;
@@ -138,15 +138,29 @@ async fn abuse_invalid_utf8_in_text_frames_closes_with_1007() {
     let (code, reason, before) = raw.read_close().await;
     assert_eq!(
         (code, reason.as_str()),
-        (1007, "text frame is not valid UTF-8")
+        (1007, "invalid UTF-8 in a text frame or close reason")
     );
     assert!(before.is_empty(), "frames before the close: {before:?}");
     next_disconnect(&mut events, "raw").await;
 
+    // A close frame whose reason is not UTF-8: 1007 too, and the reason
+    // no longer blames a text frame that was never sent.
+    let mut closer = raw_connect(&gw, "closer").await;
+    closer
+        .write(&masked_frame(OP_CLOSE, true, b"\x03\xe8bye \xff\xfe"))
+        .await;
+    let (code, reason, before) = closer.read_close().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1007, "invalid UTF-8 in a text frame or close reason")
+    );
+    assert!(before.is_empty(), "frames before the close: {before:?}");
+    next_disconnect(&mut events, "closer").await;
+
     // Nothing reached bob but what alice sends now.
     exchange(&mut alice, "alice", &mut bob, "bob").await;
     let m = metrics(&gw).await;
-    assert_eq!(metric(&m, r#"wssgate_errors_total{kind="protocol"}"#), 2.0);
+    assert_eq!(metric(&m, r#"wssgate_errors_total{kind="protocol"}"#), 3.0);
 }
 
 #[tokio::test]
@@ -332,6 +346,77 @@ async fn abuse_slow_reader_that_is_cut_off_gets_whole_frames_then_1013() {
         .expect("the sender was not blocked")
         .expect("sender task");
     drop(sender);
+}
+
+/// A TCP connection from `source` that never sends a byte.
+async fn silent_from(gw: &Gateway, source: [u8; 4]) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind((std::net::Ipv4Addr::from(source), 0).into())
+        .expect("bind a loopback source address");
+    socket.connect(gw.ws).await.expect("tcp connect")
+}
+
+#[tokio::test]
+async fn abuse_one_address_with_silent_sockets_cannot_fill_the_cap() {
+    // Before: every socket took a place under the cap at accept, and the
+    // address was counted only after a request head that never came.
+    let gw = start(
+        "[limits]\nmax_connections = 20\nmax_connections_per_address = 5\nhandshake_timeout = \"60s\"\n",
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(silent_from(&gw, [127, 0, 0, 2]).await);
+    }
+    // Accepted in order, after all twenty: admitted.
+    let mut alice = connect(&gw, "alice").await;
+    let mut bob = connect(&gw, "bob").await;
+    exchange(&mut alice, "alice", &mut bob, "bob").await;
+    // A sixth socket of that address is told why when it does speak.
+    let mut extra = silent.pop().expect("twenty sockets");
+    extra
+        .write_all(&upgrade_request("/", &[("Origin", b"mallory")]))
+        .await
+        .expect("write the upgrade");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, extra.read_to_end(&mut response))
+        .await
+        .expect("an answer in time")
+        .expect("read the answer");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.ends_with("too many connections from this address: try again later\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn abuse_slow_handshakes_over_the_pending_budget_evict_the_oldest() {
+    // Before: ten silent sockets held the ten places until handshake_timeout.
+    let gw = start(
+        "[limits]\nmax_connections = 10\nmax_pending_handshakes = 4\nhandshake_timeout = \"60s\"\n",
+    )
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(silent_from(&gw, [127, 0, 0, 3]).await);
+    }
+    let mut alice = connect(&gw, "alice").await;
+    let mut bob = connect(&gw, "bob").await;
+    exchange(&mut alice, "alice", &mut bob, "bob").await;
+    // The oldest silent socket was dropped without an answer.
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, silent[0].read_to_end(&mut rest))
+        .await
+        .expect("EOF in time")
+        .expect("clean EOF");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // Ten silent, budget four: six evicted by the silent, one by alice;
+    // bob found the place alice's finished handshake gave back.
+    let m = metrics(&gw).await;
+    assert_eq!(metric(&m, "wssgate_handshake_evictions_total"), 7.0);
 }
 
 #[tokio::test]

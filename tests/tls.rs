@@ -537,6 +537,31 @@ async fn certificates_reload_on_change_and_a_broken_file_keeps_the_old_one() {
         .await
         .unwrap();
     list(&mut again).await;
+
+    // An expired certificate: refused (before, it went into service and
+    // every new handshake failed), and the one in service stays.
+    let mut expired = Leaf::server(&["localhost".into()]);
+    expired.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    expired.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let expired = pki.other.issue(&expired).unwrap();
+    std::fs::write(&key, &expired.key).unwrap();
+    std::fs::write(&cert, &expired.cert).unwrap();
+    let error = loop {
+        let event = await_event(&mut events, |e| e["type"] == "tls_reload").await;
+        let error = event["error"]
+            .as_str()
+            .expect("the expired certificate is refused");
+        // The key may be seen before the certificate is written.
+        if error.contains("expired") {
+            break error.to_owned();
+        }
+    };
+    assert!(error.contains(&cert.display().to_string()), "{error}");
+    assert!(error.contains("keeping"), "{error}");
+    let mut still = try_wss(&options(&gw, "still", pin(&new_pem), None, &pki.path("k")))
+        .await
+        .unwrap();
+    list(&mut still).await;
 }
 
 #[tokio::test]

@@ -10,8 +10,13 @@ pub const MAX_NAME_LEN: usize = 128;
 /// The name the gateway uses as `src` of its notices.
 pub const GATEWAY_NAME: &str = "@gateway";
 
-/// A validated client name: 1..=128 bytes, no control characters, not `@...`.
-/// Cloning is a reference-count bump.
+/// A validated client name (`docs/PROTOCOL.md` section 2.3): 1..=128 bytes
+/// of UTF-8; no control characters; no invisible formatting characters
+/// (zero-width, bidirectional controls: [`is_format_character`]); no
+/// whitespace but the plain space, and none at either end; not starting
+/// with `@` (the gateway's) or `#` (rooms'). So two names that look alike
+/// on a screen are the same bytes, and every name can receive a private
+/// message. Cloning is a reference-count bump.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientName(Arc<str>);
 
@@ -30,6 +35,18 @@ pub enum NameError {
     /// Starts with `@`, which is reserved for the gateway.
     #[error("names starting with '@' are reserved for the gateway")]
     Reserved,
+    /// Starts with `#`, which marks a room as `dst`: such a name could
+    /// never receive a private message.
+    #[error("names starting with '#' are taken for rooms")]
+    RoomPrefix,
+    /// Starts or ends with whitespace, or holds whitespace other than a
+    /// plain space (U+0020).
+    #[error("name starts or ends with whitespace, or holds whitespace other than a plain space")]
+    Whitespace,
+    /// Holds an invisible formatting character, e.g. U+200B ZERO WIDTH
+    /// SPACE or U+202E RIGHT-TO-LEFT OVERRIDE.
+    #[error("name contains the invisible formatting character U+{0:04X}")]
+    FormatCharacter(u32),
     /// `?name=` was not valid percent-encoded UTF-8.
     #[error("name is not valid percent-encoded UTF-8")]
     BadEncoding,
@@ -47,8 +64,19 @@ impl ClientName {
         if name.chars().any(char::is_control) {
             return Err(NameError::ControlCharacter);
         }
+        if let Some(c) = name.chars().find(|&c| is_format_character(c)) {
+            return Err(NameError::FormatCharacter(u32::from(c)));
+        }
+        let ends_blank =
+            name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace);
+        if ends_blank || name.chars().any(|c| c.is_whitespace() && c != ' ') {
+            return Err(NameError::Whitespace);
+        }
         if name.starts_with('@') {
             return Err(NameError::Reserved);
+        }
+        if name.starts_with('#') {
+            return Err(NameError::RoomPrefix);
         }
         Ok(ClientName(name.into()))
     }
@@ -78,6 +106,42 @@ impl fmt::Debug for ClientName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
     }
+}
+
+/// True for the characters of Unicode's general category Cf (format:
+/// invisible, they change how the text around them is shown) and the
+/// other invisible fillers that make a name look like another one (U+034F,
+/// U+115F, U+1160, U+3164, U+FFA0). Variation selectors stay allowed (an
+/// emoji needs them).
+pub fn is_format_character(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x115F..=0x1160
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0x3164
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 /// What Qt's `toLatin1()` makes of a name: each UTF-16 code unit above
@@ -116,6 +180,32 @@ mod tests {
         assert_eq!(
             ClientName::new("C1我是客户端").map(|n| n.to_string()),
             Ok("C1我是客户端".into())
+        );
+    }
+
+    #[test]
+    fn names_that_look_like_others_are_refused() {
+        let cases = [
+            (" @gateway", NameError::Whitespace),
+            ("alice ", NameError::Whitespace),
+            ("ali\u{a0}ce", NameError::Whitespace),
+            ("ali\u{3000}ce", NameError::Whitespace),
+            ("ali\u{200b}ce", NameError::FormatCharacter(0x200B)),
+            ("\u{202e}ecila", NameError::FormatCharacter(0x202E)),
+            ("alice\u{feff}", NameError::FormatCharacter(0xFEFF)),
+            ("al\u{ad}ice", NameError::FormatCharacter(0xAD)),
+            ("#general", NameError::RoomPrefix),
+            ("@x", NameError::Reserved),
+        ];
+        for (name, error) in cases {
+            assert_eq!(ClientName::new(name), Err(error), "{name:?}");
+        }
+        for ok in ["bob b", "José", "❤\u{fe0f}", "a#b", "a@b"] {
+            assert!(ClientName::new(ok).is_ok(), "{ok:?}");
+        }
+        assert_eq!(
+            NameError::FormatCharacter(0x200B).to_string(),
+            "name contains the invisible formatting character U+200B"
         );
     }
 
