@@ -97,6 +97,17 @@ pub(crate) fn address_over_limit() -> Refusal {
     )
 }
 
+/// The answer over `connection_rate_per_address`: 503, and when to retry
+/// (whole seconds, at least 1).
+pub(crate) fn connection_rate(wait: std::time::Duration) -> Refusal {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Refusal::new(
+        503,
+        "too many new connections from this address: try again later",
+    )
+    .retry_after(seconds.max(1))
+}
+
 /// A place under `max_connections_per_address` for a session from `ip`
 /// (none to hold without a limit), or the 503 to answer with.
 pub(crate) fn address_slot(

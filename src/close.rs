@@ -26,6 +26,8 @@ pub enum Close {
     InvalidUtf8,
     /// Any other WebSocket protocol violation (1002).
     Protocol,
+    /// Frames over the rate limit, refused too often (1008).
+    RateLimit,
 }
 
 impl Close {
@@ -39,6 +41,7 @@ impl Close {
             Close::TooBig => CloseCode::TooBig,
             Close::InvalidUtf8 => CloseCode::InvalidData,
             Close::Protocol => CloseCode::Protocol,
+            Close::RateLimit => CloseCode::Policy,
         }
     }
 
@@ -52,6 +55,7 @@ impl Close {
             Close::TooBig => "message too big",
             Close::InvalidUtf8 => "invalid UTF-8 in a text frame or close reason",
             Close::Protocol => "protocol error",
+            Close::RateLimit => "rate limit",
         }
     }
 
@@ -106,6 +110,7 @@ mod tests {
             Close::TooBig,
             Close::InvalidUtf8,
             Close::Protocol,
+            Close::RateLimit,
         ] {
             let order = CloseOrder::default();
             order.set(close);

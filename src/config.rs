@@ -31,6 +31,12 @@ pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = wssgate_wire::DEFAULT_MAX_MESSAGE_SIZE;
 /// Frames waiting for one slow receiver before it is closed with 1013.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+/// Default `messages_per_second`: far above a chat, far below a flood.
+pub const DEFAULT_MESSAGES_PER_SECOND: u32 = 100;
+/// Default `message_burst`.
+pub const DEFAULT_MESSAGE_BURST: u32 = 200;
+/// Default `max_rate_refusals` (per 10 s).
+pub const DEFAULT_MAX_RATE_REFUSALS: u32 = 20;
 /// Ceiling of the automatic `max_connections` (the open-file limit decides below it).
 pub const AUTO_MAX_CONNECTIONS_CEILING: usize = 100_000;
 /// File descriptors kept for listeners, the admin API, logs and certificates.
@@ -258,6 +264,19 @@ pub struct LimitsConfig {
     /// Unset: half of `max_connections`.
     #[serde(rename = "max_pending_handshakes")]
     pub max_pending_handshakes_setting: Option<NonZeroUsize>,
+    /// Data frames a session may send per second (0: no limit); over it a
+    /// frame is dropped and answered with `rate limit exceeded`.
+    pub messages_per_second: u32,
+    /// Frames a session may send at once above that rate (0: the rate).
+    pub message_burst: u32,
+    /// Frames refused for the rate that a session may have within 10 s;
+    /// one more closes it with 1008 `rate limit`.
+    pub max_rate_refusals: u32,
+    /// New connections a client address may open per second, counted at
+    /// the upgrade (0, the default: no limit); over it, 503 with `Retry-After`.
+    pub connection_rate_per_address: u32,
+    /// Connections an address may open at once above that rate (0: the rate).
+    pub connection_burst_per_address: u32,
 }
 
 /// What to do when a second session claims a name already connected.
@@ -557,6 +576,11 @@ impl Default for LimitsConfig {
             max_rooms_per_session: DEFAULT_MAX_ROOMS_PER_SESSION,
             max_connections_per_address: None,
             max_pending_handshakes_setting: None,
+            messages_per_second: DEFAULT_MESSAGES_PER_SECOND,
+            message_burst: DEFAULT_MESSAGE_BURST,
+            max_rate_refusals: DEFAULT_MAX_RATE_REFUSALS,
+            connection_rate_per_address: 0,
+            connection_burst_per_address: 0,
         }
     }
 }

@@ -32,8 +32,9 @@ use crate::identity::Claim;
 use crate::metrics::{ErrorKind, ListenerMetrics, Metrics};
 use crate::outbox::Outbox;
 use crate::proxy::{self, Prefixed};
+use crate::ratelimit::{AddressRate, SessionLimits};
 use crate::router::{ClientInfo, Router};
-use crate::session::{self, SessionTimers};
+use crate::session::{self, SessionRules, SessionTimers};
 use crate::tls::ServerTls;
 
 /// Read buffer per connection: small, because most messages are small and
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     connections: ConnectionCap,
     per_address: Arc<AddressLimit>,
     pending: Arc<PendingHandshakes>,
+    /// `connection_rate_per_address`, when set.
+    pub(crate) address_rate: Option<Arc<AddressRate>>,
 }
 
 impl Shared {
@@ -80,6 +83,7 @@ impl Shared {
             connections: ConnectionCap::new(limits.max_connections()),
             per_address: Arc::new(AddressLimit::new(limits.max_connections_per_address)),
             pending: Arc::new(PendingHandshakes::new(limits.max_pending_handshakes())),
+            address_rate: AddressRate::new(&limits).map(Arc::new),
             limits,
             ws_config,
             shutdown: CancellationToken::new(),
@@ -322,6 +326,12 @@ impl Connection {
             &listener.config.trusted_proxies,
             listener.config.forwarded_header,
         );
+        if let Some(rate) = &shared.address_rate
+            && let Err(wait) = rate.check(remote.ip())
+        {
+            shared.metrics.error(ErrorKind::connection_rate);
+            return refuse(shared, &mut stream, &admission::connection_rate(wait)).await;
+        }
         let address_slot = match std::mem::replace(&mut self.address, Accounted::Later) {
             Accounted::Counted(slot) => slot,
             // Refused in read_upgrade already; never here.
@@ -389,15 +399,18 @@ impl Connection {
             Some(shared.ws_config),
         )
         .await;
-        let timers = SessionTimers {
-            ping_interval: shared.limits.ping_interval.0,
-            idle_timeout: shared.limits.idle_timeout.0,
-            close_grace: shared.limits.shutdown_grace.0,
-            busy_poll: shared.busy_poll.clone(),
+        let rules = SessionRules {
+            timers: SessionTimers {
+                ping_interval: shared.limits.ping_interval.0,
+                idle_timeout: shared.limits.idle_timeout.0,
+                close_grace: shared.limits.shutdown_grace.0,
+                busy_poll: shared.busy_poll.clone(),
+            },
+            limits: SessionLimits::new(&shared.limits),
         };
         let open = listener.metrics.open.clone();
         let place = self.place;
-        let session = session::run(ws, handle, rx, shared.router.clone(), timers, move || {
+        let session = session::run(ws, handle, rx, shared.router.clone(), rules, move || {
             open.dec();
             drop(address_slot);
             drop(place);

@@ -189,6 +189,9 @@ impl Server {
         shared
             .tracker
             .spawn(trim::run(shared.router.clone(), shared.shutdown.clone()));
+        if let Some(rate) = shared.address_rate.clone() {
+            shared.tracker.spawn(rate.sweep(shared.shutdown.clone()));
+        }
         if let Some(tcp) = self.admin {
             let api = admin::Api {
                 router: shared.router.clone(),

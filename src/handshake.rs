@@ -49,6 +49,8 @@ pub struct Refusal {
     pub status: u16,
     /// One-line plain-text reason.
     pub reason: String,
+    /// Seconds for a `Retry-After` header, if any.
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -57,7 +59,14 @@ impl Refusal {
         Refusal {
             status,
             reason: reason.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same refusal, telling the client to retry after `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Refusal {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
@@ -253,10 +262,13 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     refusal: &Refusal,
 ) -> std::io::Result<()> {
     let body = format!("{}\n", refusal.reason);
-    let extra = match refusal.status {
-        426 => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
-        _ => "",
+    let mut extra = match refusal.status {
+        426 => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n".to_owned(),
+        _ => String::new(),
     };
+    if let Some(seconds) = refusal.retry_after {
+        extra.push_str(&format!("Retry-After: {seconds}\r\n"));
+    }
     let response = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         refusal.status,

@@ -17,6 +17,7 @@
 //! - `admission`: who is admitted at the upgrade: caps, allowed origins, the name.
 //! - `identity`: client names from `?name=` or `Origin`, the Qt name rules.
 //! - `session`: one connection's task: read, route, batch-write, ping, close.
+//! - `ratelimit`: frames per session and connections per address (governor).
 //! - `close`: why the gateway closes a session: code, reason, drain policy.
 //! - `protocol`: what a client frame means (pure; the notices are `wssgate_wire`'s).
 //! - `outbox`: a session's bounded outbound queue (no allocation while idle).
@@ -55,6 +56,7 @@ mod presence;
 mod proptests;
 mod protocol;
 mod proxy;
+mod ratelimit;
 mod reload;
 mod router;
 mod session;

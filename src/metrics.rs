@@ -46,6 +46,10 @@ pub enum ErrorKind {
     handshake,
     /// A TLS handshake failed (bad or missing certificate, wrong protocol).
     tls_handshake,
+    /// A frame dropped for its session's rate limit.
+    rate_limited,
+    /// A connection refused for its address's connection rate (503).
+    connection_rate,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -55,6 +55,19 @@ pub enum Request<'a> {
     },
 }
 
+impl<'a> Request<'a> {
+    /// The request's `id`, if it has one (a `leave` keeps none).
+    pub fn id(&self) -> Option<&'a RawValue> {
+        match self {
+            Request::Private(e) | Request::Room(e) => e.id,
+            Request::Join { id, .. } | Request::List { id, .. } | Request::Invalid { id, .. } => {
+                *id
+            }
+            Request::Leave { .. } | Request::ToServer => None,
+        }
+    }
+}
+
 /// A private or room message on its way: the sender's JSON object.
 #[derive(Debug)]
 pub struct Envelope<'a> {

@@ -26,6 +26,7 @@ use crate::events::Event;
 use crate::identity::ClientName;
 use crate::metrics::{ErrorKind, RouteKind};
 use crate::protocol::{self, Envelope, Forward, Request};
+use crate::ratelimit::{SessionLimits, Verdict};
 use crate::router::{Delivery, RouteCache, Router, SessionHandle};
 use serde_json::value::RawValue;
 use wssgate_wire::Notice;
@@ -50,6 +51,14 @@ pub struct SessionTimers {
     pub busy_poll: Option<Arc<BusyPoll>>,
 }
 
+/// What a session's frames are held to beyond its timers.
+pub struct SessionRules {
+    /// The timers.
+    pub timers: SessionTimers,
+    /// Its rate limits, if `[limits] messages_per_second` is not 0.
+    pub limits: Option<SessionLimits>,
+}
+
 /// Why a session ended, for the disconnect log line.
 #[derive(Debug)]
 enum End {
@@ -66,11 +75,12 @@ pub async fn run<S>(
     handle: Arc<SessionHandle>,
     rx: Arc<Outbox>,
     router: Arc<Router>,
-    timers: SessionTimers,
+    rules: SessionRules,
     on_end: impl FnOnce() + Send,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let SessionRules { timers, limits } = rules;
     let counters = Counters::new(&router);
     let mut routes = RouteCache::default();
     let mut ping =
@@ -121,6 +131,21 @@ pub async fn run<S>(
                 }
                 heard = true;
                 let Some(frame) = frame else { break End::Gone("connection closed without a close frame".into()) };
+                let verdict = match (&frame, &limits) {
+                    (Ok(Message::Text(_) | Message::Binary(_)), Some(limits)) => limits.check(),
+                    _ => Verdict::Pass,
+                };
+                match verdict {
+                    Verdict::Pass => {}
+                    Verdict::Refuse => {
+                        rate_refused(&router, &handle, &frame);
+                        continue;
+                    }
+                    Verdict::Close => {
+                        rate_refused(&router, &handle, &frame);
+                        break End::Closed(Close::RateLimit);
+                    }
+                }
                 match frame {
                     Ok(Message::Text(text)) => on_text(&router, &handle, &counters, &mut routes, text),
                     Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, &data),
@@ -524,6 +549,22 @@ fn on_binary(router: &Router, handle: &SessionHandle, counters: &Counters, data:
         remote,
         base64: data_encoding::BASE64.encode(data),
     });
+}
+
+/// Answers a frame dropped for the rate limit with `rate limit exceeded`,
+/// carrying the request's `id` (when it is a JSON request with one).
+fn rate_refused(router: &Router, handle: &SessionHandle, frame: &Result<Message, WsError>) {
+    let id = match frame {
+        Ok(Message::Text(text)) => protocol::classify(text).id(),
+        _ => None,
+    };
+    reject(
+        router,
+        handle,
+        ErrorKind::rate_limited,
+        notice::RATE_LIMITED,
+        id,
+    );
 }
 
 /// Answers a request that failed with an `error` notice (never a silent drop).

@@ -193,7 +193,10 @@ const BLAST_COUNT: usize = 2000;
 async fn abuse_reader_that_never_reads_is_closed_and_the_sender_is_not_blocked() {
     // The close frame of a slow consumer is given the shutdown grace to get
     // through; this one never reads, so the grace is kept short.
-    let gw = start("[limits]\noutbound_queue = 8\nshutdown_grace = \"1s\"\n").await;
+    // (No rate limit: the sender's blast is the point.)
+    let gw =
+        start("[limits]\noutbound_queue = 8\nshutdown_grace = \"1s\"\nmessages_per_second = 0\n")
+            .await;
     let mut events = subscribe_events(gw.operator()).await;
     let mut alice = connect(&gw, "alice").await;
     let mut bob = connect(&gw, "bob").await;
@@ -417,6 +420,95 @@ async fn abuse_slow_handshakes_over_the_pending_budget_evict_the_oldest() {
     // bob found the place alice's finished handshake gave back.
     let m = metrics(&gw).await;
     assert_eq!(metric(&m, "wssgate_handshake_evictions_total"), 7.0);
+}
+
+#[tokio::test]
+async fn abuse_message_flood_is_refused_then_closed_and_bystanders_are_untouched() {
+    // One frame a second, five at once; three refusals per 10 s allowed.
+    let gw = start("[limits]\nmessages_per_second = 1\nmessage_burst = 5\nmax_rate_refusals = 3\n")
+        .await;
+    let mut carol = connect(&gw, "carol").await;
+    let mut dave = connect(&gw, "dave").await;
+    let mut bob = connect(&gw, "bob").await;
+    let mut flood = connect(&gw, "flood").await;
+    for id in 1..=8 {
+        send_json(
+            &mut flood,
+            &json!({"dst": "bob", "msg": format!("m{id}"), "id": id}),
+        )
+        .await;
+    }
+    // The burst went through; the rest was refused, each with its id.
+    for id in 1..=5 {
+        assert_eq!(recv_json(&mut bob).await["msg"], format!("m{id}"));
+    }
+    for id in 6..=8 {
+        let notice = recv_json(&mut flood).await;
+        assert_eq!(
+            notice,
+            json!({"src": "@gateway", "dst": "flood", "type": "error", "msg": "rate limit exceeded", "ref": id})
+        );
+    }
+    // The bystanders carry on while the flood is held back.
+    exchange(&mut carol, "carol", &mut dave, "dave").await;
+    // A fourth refusal within 10 s: closed with 1008.
+    send_json(&mut flood, &json!({"dst": "bob", "msg": "m9", "id": 9})).await;
+    let (code, reason, texts) = recv_close(&mut flood).await;
+    assert_eq!((code, reason.as_str()), (1008, "rate limit"));
+    assert_eq!(texts.len(), 1, "the last refusal is told too: {texts:?}");
+    // Nothing more reached bob: the next frame he gets is carol's.
+    deliver(&mut carol, "carol", &mut bob, "bob").await;
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(&m, r#"wssgate_errors_total{kind="rate_limited"}"#),
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn abuse_connection_flood_from_one_address_gets_503_with_retry_after() {
+    let gw = start("[limits]\nconnection_rate_per_address = 1\nconnection_burst_per_address = 2\n")
+        .await;
+    let from = |source: [u8; 4]| {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket
+            .bind((std::net::Ipv4Addr::from(source), 0).into())
+            .unwrap();
+        socket.connect(gw.ws)
+    };
+    let mut first = raw_handshake(from([127, 0, 0, 5]).await.unwrap(), "first").await;
+    let _second = raw_handshake(from([127, 0, 0, 5]).await.unwrap(), "second").await;
+    let mut third = from([127, 0, 0, 5]).await.unwrap();
+    third
+        .write_all(&upgrade_request("/", &[("Origin", b"third")]))
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, third.read_to_end(&mut response))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    assert!(text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+    assert!(
+        text.ends_with("too many new connections from this address: try again later\n"),
+        "{text}"
+    );
+    // Another address is not affected, and the admitted ones are served.
+    let mut other = connect(&gw, "other").await;
+    send_json(&mut other, &json!({"dst": "first", "msg": "hi"})).await;
+    let (opcode, payload) = first.read_frame().await.expect("a frame for first");
+    assert_eq!(opcode, OP_TEXT);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&payload).unwrap()["msg"],
+        "hi"
+    );
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(&m, r#"wssgate_errors_total{kind="connection_rate"}"#),
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -220,7 +220,8 @@ pub struct ConnectArgs {
 pub struct SoakArgs {
     /// Start this gateway binary (`wssgate serve`) on a config of the
     /// soak's own (ws and admin listeners on free loopback ports,
-    /// `presence = true`, every limit at its default), read its log, and
+    /// `presence = true`, every limit at its default but the frame rate,
+    /// raised to 1,000/s for the slow-consumer feeder), read its log, and
     /// stop it with SIGTERM at the end; `--url` and `--pid` are then its.
     #[arg(long, value_name = "BIN")]
     pub gateway: Option<PathBuf>,

@@ -11,6 +11,10 @@ use wssgate::certgen::{GenCerts, KeyType, files, gen_certs};
 use wssgate_bench::pairs::PairsFigures;
 use wssgate_bench::{self as bench, Figures, Options, Report};
 
+/// A load generator sends far more than a chat client: the gateway's
+/// per-session rate limit (100 frames a second by default) is off here.
+const UNLIMITED: &str = "[limits]\nmessages_per_second = 0\n";
+
 /// Runs `wssgate-bench ARGS` in this test's runtime: one second measured,
 /// a short warm-up, no progress line.
 async fn bench(args: &[&str]) -> Report {
@@ -52,7 +56,7 @@ fn assert_ordered(l: &bench::stats::Latency, report: &Report) {
 
 #[tokio::test]
 async fn pairs_delivers_and_orders_latencies() {
-    let gw = common::start("").await;
+    let gw = common::start(UNLIMITED).await;
     let url = gw.url("/");
     let pid = std::process::id().to_string();
     for framing in ["raw", "tungstenite"] {
@@ -96,7 +100,10 @@ async fn pairs_delivers_and_orders_latencies() {
 async fn the_control_client_reads_everything_and_stays() {
     // The control of the slow-consumer run: the same client and feed, but
     // it reads; it answers pings, so even a short idle timeout keeps it.
-    let gw = common::start("[limits]\nping_interval = \"200ms\"\nidle_timeout = \"1s\"\n").await;
+    let gw = common::start(
+        "[limits]\nmessages_per_second = 0\nping_interval = \"200ms\"\nidle_timeout = \"1s\"\n",
+    )
+    .await;
     let args = [
         "pairs",
         "--url",
@@ -127,7 +134,7 @@ async fn pairs_with_a_client_that_never_reads() {
     // A small queue: the stalled client's queue fills (after the socket
     // buffers) within the run, the gateway closes it with 1013, the load
     // generator sees that and reconnects it under the same name.
-    let gw = common::start("[limits]\noutbound_queue = 4\n").await;
+    let gw = common::start("[limits]\nmessages_per_second = 0\noutbound_queue = 4\n").await;
     let pid = std::process::id().to_string();
     let report = bench_for(
         &[
@@ -177,7 +184,7 @@ async fn pairs_with_a_client_that_never_reads() {
 
 #[tokio::test]
 async fn a_spinning_load_generator_still_measures_and_stops() {
-    let gw = common::start("").await;
+    let gw = common::start(UNLIMITED).await;
     let report = bench(&[
         "pairs",
         "--url",
@@ -198,7 +205,7 @@ async fn a_spinning_load_generator_still_measures_and_stops() {
 
 #[tokio::test]
 async fn pairs_at_a_fixed_rate() {
-    let gw = common::start("").await;
+    let gw = common::start(UNLIMITED).await;
     let url = gw.url("/");
     // One message per write, then bursts of 8 (500 bursts a second).
     for (rate, burst) in [(400.0, 1), (4000.0, 8)] {
@@ -227,7 +234,7 @@ async fn pairs_at_a_fixed_rate() {
 
 #[tokio::test]
 async fn fanout_reaches_every_member() {
-    let gw = common::start("").await;
+    let gw = common::start(UNLIMITED).await;
     let report = bench(&["fanout", "--url", &gw.url("/"), "-n", "5", "--rate", "50"]).await;
     let Figures::Fanout(f) = &report.figures else {
         panic!("{report}")
@@ -243,7 +250,7 @@ async fn fanout_reaches_every_member() {
 
 #[tokio::test]
 async fn idle_reports_memory_per_connection() {
-    let gw = common::start("").await;
+    let gw = common::start(UNLIMITED).await;
     let pid = std::process::id().to_string();
     let report = bench(&[
         "idle",
@@ -273,7 +280,7 @@ async fn idle_reports_memory_per_connection() {
 
 #[tokio::test]
 async fn connect_completes_handshakes() {
-    let gw = common::start("").await;
+    let gw = common::start(UNLIMITED).await;
     let report = bench(&["connect", "--url", &gw.url("/"), "-c", "2"]).await;
     let Figures::Connect(c) = &report.figures else {
         panic!("{report}")
@@ -298,7 +305,7 @@ async fn wss_pairs_and_connect_with_a_ca() {
     let file = |name: &str| dir.path().join(name).display().to_string();
     let gw = common::start_config(&format!(
         "[[listener]]\nname = \"wss\"\nbind = \"127.0.0.1:0\"\nmode = \"secure\"\n\
-         cert = {:?}\nkey = {:?}\n\n[admin]\nbind = \"127.0.0.1:0\"\n",
+         cert = {:?}\nkey = {:?}\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n{UNLIMITED}",
         file(files::SERVER_CERT),
         file(files::SERVER_KEY)
     ))

@@ -13,6 +13,8 @@ pub const NOT_CONNECTED: &str = "recipient not connected";
 /// The `msg` of the `error` notice for a private message dropped because
 /// the recipient's queue was full: this text, `": "`, and the name.
 pub const TOO_SLOW: &str = "recipient too slow, message dropped";
+/// The `error` notice text for a frame dropped for the sender's rate limit.
+pub const RATE_LIMITED: &str = "rate limit exceeded";
 
 /// A gateway notice for the client `dst`. Serializes as
 /// `{"src":"@gateway","dst":...,"type":...,...}`.

@@ -19,7 +19,7 @@ use crate::options::SoakArgs;
 
 /// The soak's own config for `--gateway`: one ws listener and the admin API
 /// on free loopback ports, presence on, every limit at its default (the
-/// shipped config's values).
+/// shipped config's values) but the frame rate (see inside).
 const SOAK_CONFIG: &str = r#"# written by wssgate-bench soak
 [[listener]]
 name = "ws"
@@ -32,6 +32,13 @@ bind = "127.0.0.1:0"
 
 [routing]
 presence = true
+
+[limits]
+# The slow-consumer feeder sends hundreds of 16 KiB messages within a
+# second on purpose: the frame rate limit is raised above that (the shipped
+# default is 100 a second, burst 200) and still checks every frame.
+messages_per_second = 1000
+message_burst = 2000
 
 [log]
 level = "info"
