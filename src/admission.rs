@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::pki_types::CertificateDer;
 
@@ -17,6 +18,7 @@ use crate::handshake::{Refusal, Upgrade};
 use crate::identity::{self, Claim, ClientName, NameError};
 use crate::modes::{IdentitySource, Mode};
 use crate::router::AdmitError;
+use crate::token::{self, Permissions, TokenError, TokenKeys};
 
 /// What a listener checks at the upgrade, taken from its config once.
 pub(crate) struct Policy {
@@ -25,13 +27,25 @@ pub(crate) struct Policy {
     allowed_origins: Vec<String>,
     /// Where names come from.
     identity: IdentitySource,
+    /// The token keys, for `identity = "token"`.
+    tokens: Option<Arc<TokenKeys>>,
+}
+
+/// A client admitted at the upgrade: its name, and when its token expires
+/// (`identity = "token"`).
+pub(crate) struct Admitted {
+    pub(crate) claim: Claim,
+    pub(crate) expires: Option<SystemTime>,
+    /// What its token allows, when it restricts anything.
+    pub(crate) permissions: Option<Box<Permissions>>,
 }
 
 impl Policy {
-    pub(crate) fn of(l: &ListenerConfig) -> Policy {
+    pub(crate) fn of(l: &ListenerConfig, tokens: Option<Arc<TokenKeys>>) -> Policy {
         Policy {
             allowed_origins: l.allowed_origins.clone(),
             identity: l.identity,
+            tokens,
         }
     }
 
@@ -42,11 +56,83 @@ impl Policy {
         place: &Place,
         upgrade: &Upgrade,
         cert: Option<&PeerCert>,
-    ) -> Result<Claim, Refusal> {
+    ) -> Result<Admitted, Refusal> {
         if !place.is_admitted() {
             return Err(full());
         }
-        self.name(upgrade.query.as_deref(), upgrade.origin.as_deref(), cert)
+        let query = upgrade.query.as_deref();
+        if self.identity == IdentitySource::Token {
+            let token = token::from_request(upgrade.authorization.as_deref(), query);
+            return self.token_claim(token.as_deref(), query, upgrade.origin.as_deref());
+        }
+        self.name(query, upgrade.origin.as_deref(), cert)
+            .map(|claim| Admitted {
+                claim,
+                expires: None,
+                permissions: None,
+            })
+    }
+
+    /// `Origin` checked against `allowed_origins`; the bytes to take a
+    /// name from (none when origins are checked instead).
+    fn name_origin<'a>(&self, origin: Option<&'a [u8]>) -> Result<Option<&'a [u8]>, Refusal> {
+        if self.allowed_origins.is_empty() {
+            return Ok(origin);
+        }
+        if let Some(origin) = origin {
+            let origin = identity::decode_header(origin);
+            if !self
+                .allowed_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(&origin))
+            {
+                return Err(Refusal::new(403, format!("origin not allowed: {origin}")));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The name a token gives (401 without a valid one, 403 when it names
+    /// nobody usable or a claimed name differs).
+    fn token_claim(
+        &self,
+        token: Option<&str>,
+        query: Option<&str>,
+        origin: Option<&[u8]>,
+    ) -> Result<Admitted, Refusal> {
+        let name_origin = self.name_origin(origin)?;
+        let verifier = self.tokens.as_ref().map(|t| t.verifier()).ok_or_else(|| {
+            Refusal::new(401, "this listener needs tokens but [auth] has no keys")
+        })?;
+        let verified = token
+            .ok_or(TokenError::Missing)
+            .and_then(|t| verifier.verify(t))
+            .map_err(|e| Refusal::new(e.status(), e.to_string()))?;
+        let name = ClientName::new(&verified.name).map_err(|e| {
+            Refusal::new(
+                403,
+                format!("the token's name {:?} is not usable: {e}", verified.name),
+            )
+        })?;
+        match identity::claim(query, name_origin) {
+            Ok(claimed) if claimed.name != name => Err(Refusal::new(
+                403,
+                format!(
+                    "claimed name {:?} differs from the token's name {:?}",
+                    claimed.name.as_str(),
+                    name.as_str()
+                ),
+            )),
+            _ => Ok(Admitted {
+                claim: Claim {
+                    name,
+                    provisional: false,
+                },
+                expires: Some(verified.expires),
+                permissions: (!verified.permissions.is_unrestricted())
+                    .then(|| Box::new(verified.permissions)),
+            }),
+        }
     }
 
     /// The origin and name checks of [`Policy::admit`], on the raw `?query`
@@ -58,17 +144,7 @@ impl Policy {
         cert: Option<&PeerCert>,
     ) -> Result<Claim, Refusal> {
         let origins = &self.allowed_origins;
-        let name_origin = if origins.is_empty() {
-            origin
-        } else {
-            if let Some(origin) = origin {
-                let origin = identity::decode_header(origin);
-                if !origins.iter().any(|o| o.eq_ignore_ascii_case(&origin)) {
-                    return Err(Refusal::new(403, format!("origin not allowed: {origin}")));
-                }
-            }
-            None
-        };
+        let name_origin = self.name_origin(origin)?;
         let claimed = identity::claim(query, name_origin);
         match self.identity {
             IdentitySource::Claimed => claimed.map_err(|e| match e {
@@ -80,6 +156,7 @@ impl Policy {
                 e => Refusal::new(400, e.to_string()),
             }),
             IdentitySource::Certificate => certificate_claim(cert, claimed),
+            IdentitySource::Token => Err(Refusal::new(401, TokenError::Missing.to_string())),
         }
     }
 }
@@ -207,6 +284,7 @@ mod tests {
         Policy {
             allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
             identity,
+            tokens: None,
         }
     }
 

@@ -28,6 +28,8 @@ pub enum Close {
     Protocol,
     /// Frames over the rate limit, refused too often (1008).
     RateLimit,
+    /// The session's token expired (1008).
+    TokenExpired,
 }
 
 impl Close {
@@ -41,7 +43,7 @@ impl Close {
             Close::TooBig => CloseCode::TooBig,
             Close::InvalidUtf8 => CloseCode::InvalidData,
             Close::Protocol => CloseCode::Protocol,
-            Close::RateLimit => CloseCode::Policy,
+            Close::RateLimit | Close::TokenExpired => CloseCode::Policy,
         }
     }
 
@@ -56,6 +58,7 @@ impl Close {
             Close::InvalidUtf8 => "invalid UTF-8 in a text frame or close reason",
             Close::Protocol => "protocol error",
             Close::RateLimit => "rate limit",
+            Close::TokenExpired => "token expired",
         }
     }
 
@@ -111,6 +114,7 @@ mod tests {
             Close::InvalidUtf8,
             Close::Protocol,
             Close::RateLimit,
+            Close::TokenExpired,
         ] {
             let order = CloseOrder::default();
             order.set(close);

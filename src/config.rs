@@ -79,6 +79,73 @@ pub struct Config {
     /// How the runtime waits for traffic.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// How `identity = "token"` listeners verify client tokens.
+    #[serde(default = "unspanned")]
+    pub auth: Spanned<AuthConfig>,
+}
+
+/// The `[auth]` table: the keys and rules `identity = "token"` listeners
+/// verify client tokens (JWT) with. See the gateway's `token` module.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HMAC secret for the HS* algorithms (at least 32 bytes).
+    pub hmac_secret: Option<String>,
+    /// The previous HMAC secret, still accepted while tokens signed with
+    /// it are out there (rotation).
+    pub hmac_previous_secret: Option<String>,
+    /// PEM files of public keys (RSA, EC P-256/P-384, Ed25519).
+    pub public_keys: Vec<PathBuf>,
+    /// A JWKS file (RFC 7517) of public keys, chosen by the token's `kid`.
+    pub jwks: Option<PathBuf>,
+    /// The algorithms accepted, explicitly (`HS256`, `RS256`, `ES256`,
+    /// `EdDSA`, ...); `none` never is.
+    pub algorithms: Vec<String>,
+    /// The claim that holds the client's name.
+    pub name_claim: String,
+    /// Accepted `aud` values; when set, a token must carry one of them.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values; when set, a token must carry one of them.
+    pub issuer: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf` (at most 60 s; `"0s"` for none).
+    pub leeway: Leeway,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hmac_secret: None,
+            hmac_previous_secret: None,
+            public_keys: Vec::new(),
+            jwks: None,
+            algorithms: Vec::new(),
+            name_claim: "sub".into(),
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            leeway: Leeway(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    // The secrets are secrets: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("AuthConfig")
+            .field("hmac_secret", &redacted(&self.hmac_secret))
+            .field(
+                "hmac_previous_secret",
+                &redacted(&self.hmac_previous_secret),
+            )
+            .field("public_keys", &self.public_keys)
+            .field("jwks", &self.jwks)
+            .field("algorithms", &self.algorithms)
+            .field("name_claim", &self.name_claim)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
 }
 
 /// The `[runtime]` table.
@@ -423,6 +490,20 @@ impl Config {
                 return Err((listener.span(), format!("listener {:?}: {reason}", l.name)));
             }
         }
+        let token_listener = self
+            .listeners
+            .iter()
+            .find(|l| l.get_ref().identity == IdentitySource::Token);
+        if let Err(reason) =
+            crate::token::check_config(self.auth.get_ref(), token_listener.is_some())
+        {
+            let span = if self.auth.span().is_empty() {
+                token_listener.map_or(0..0, Spanned::span)
+            } else {
+                self.auth.span()
+            };
+            return Err((span, reason));
+        }
         let admin = self.admin.get_ref();
         if admin.enabled && !admin.bind.ip().is_loopback() && admin.token.is_none() {
             return Err((
@@ -590,6 +671,21 @@ impl Default for LogConfig {
         LogConfig {
             level: LogLevel("info".into()),
         }
+    }
+}
+
+/// A duration that may be zero (`[auth] leeway`), written like the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Leeway(pub Duration);
+
+impl TryFrom<String> for Leeway {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        humantime::parse_duration(&s)
+            .map(Leeway)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"30s\" or \"0s\""))
     }
 }
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::admission::{self, PeerCert, Policy};
+use crate::admission::{self, Admitted, PeerCert, Policy};
 use crate::busypoll::BusyPoll;
 use crate::caps::{
     AddressLimit, AddressSlot, ConnectionCap, PendingHandshakes, PendingSlot, Place,
@@ -28,7 +28,6 @@ use crate::caps::{
 use crate::config::{DEFAULT_MAX_REQUEST_HEAD, LimitsConfig, ListenerConfig};
 use crate::events::{Event, Events};
 use crate::handshake::{self, Head, Refusal, Upgrade};
-use crate::identity::Claim;
 use crate::metrics::{ErrorKind, ListenerMetrics, Metrics};
 use crate::outbox::Outbox;
 use crate::proxy::{self, Prefixed};
@@ -36,6 +35,7 @@ use crate::ratelimit::{AddressRate, SessionLimits};
 use crate::router::{ClientInfo, Router};
 use crate::session::{self, SessionRules, SessionTimers};
 use crate::tls::ServerTls;
+use crate::token::TokenKeys;
 
 /// Read buffer per connection: small, because most messages are small and
 /// an idle connection should cost little.
@@ -106,12 +106,13 @@ impl Listener {
     pub(crate) fn new(
         config: ListenerConfig,
         tls: Option<Arc<ServerTls>>,
+        tokens: Option<Arc<TokenKeys>>,
         shared: &Shared,
     ) -> Self {
         Listener {
             name: config.name.as_str().into(),
             metrics: shared.metrics.listener(&config.name),
-            policy: Policy::of(&config),
+            policy: Policy::of(&config, tokens),
             config,
             tls,
         }
@@ -319,7 +320,14 @@ impl Connection {
                 }
             },
         };
-        let (upgrade, claim) = request;
+        let (
+            upgrade,
+            Admitted {
+                claim,
+                expires,
+                permissions,
+            },
+        ) = request;
         let remote = proxy::client_addr(
             self.peer,
             &upgrade.forwarded,
@@ -407,6 +415,8 @@ impl Connection {
                 busy_poll: shared.busy_poll.clone(),
             },
             limits: SessionLimits::new(&shared.limits),
+            expires,
+            permissions,
         };
         let open = listener.metrics.open.clone();
         let place = self.place;
@@ -424,7 +434,7 @@ impl Connection {
 
     /// Reads the upgrade request and admits the name it claims; `None`
     /// after answering with an HTTP refusal (or when the peer went away).
-    async fn read_upgrade<S>(&self, stream: &mut S) -> Option<(Upgrade, Claim)>
+    async fn read_upgrade<S>(&self, stream: &mut S) -> Option<(Upgrade, Admitted)>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -455,7 +465,7 @@ impl Connection {
         }
         let policy = &self.listener.policy;
         match policy.admit(&self.place, &upgrade, self.cert.as_ref()) {
-            Ok(claim) => Some((upgrade, claim)),
+            Ok(admitted) => Some((upgrade, admitted)),
             Err(refusal) => {
                 refuse(&self.shared, stream, &refusal).await;
                 None

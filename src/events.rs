@@ -69,6 +69,12 @@ pub enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a str>,
     },
+    /// The token keys (`[auth] public_keys`) were reloaded (or failed to).
+    TokenKeysReload {
+        /// Why the reload failed (the old keys stay in use).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a str>,
+    },
     /// The gateway is shutting down: the last event of every `/events`
     /// stream (sessions are then closed with 1001; those disconnects are not
     /// streamed).

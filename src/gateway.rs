@@ -20,9 +20,11 @@ use crate::config::{Config, ListenerConfig};
 use crate::connection::{self, Listener, Shared};
 use crate::events::{Event, Events};
 use crate::metrics::Metrics;
+use crate::modes::IdentitySource;
 use crate::reload::{self, Reload};
 use crate::router::{Router, RouterConfig};
 use crate::tls::{ServerTls, ServerTlsFiles, TlsError};
+use crate::token::TokenKeys;
 use crate::trim;
 
 /// Pause after a failed `accept()` (e.g. out of file descriptors).
@@ -57,6 +59,9 @@ pub enum StartError {
         /// Why.
         error: certgen::CertGenError,
     },
+    /// `[auth]` cannot verify tokens (a listener has `identity = "token"`).
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A read-only view of who is connected: what an embedding program or a
@@ -84,6 +89,8 @@ pub struct Server {
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
     reload: Reload,
+    /// The token keys, when a listener has `identity = "token"`.
+    tokens: Option<Arc<TokenKeys>>,
 }
 
 impl Server {
@@ -95,6 +102,16 @@ impl Server {
             let tcp = bind(&l.name, l.bind).await?;
             listeners.push((l.clone(), tcp, tls));
         }
+        let tokens = if config
+            .listener_configs()
+            .any(|l| l.identity == IdentitySource::Token)
+        {
+            Some(Arc::new(
+                TokenKeys::load(config.auth.get_ref()).map_err(StartError::Auth)?,
+            ))
+        } else {
+            None
+        };
         let admin_config = config.admin.get_ref();
         let admin = if admin_config.enabled {
             Some(bind("admin", admin_config.bind).await?)
@@ -125,6 +142,7 @@ impl Server {
             admin,
             shared,
             reload: Reload::default(),
+            tokens,
         })
     }
 
@@ -160,7 +178,10 @@ impl Server {
         let mut reloadable = Vec::new();
         for (config, tcp, tls) in self.listeners {
             reloadable.extend(tls.clone());
-            let listener = Arc::new(Listener::new(config, tls, &shared));
+            let tokens = (config.identity == IdentitySource::Token)
+                .then(|| self.tokens.clone())
+                .flatten();
+            let listener = Arc::new(Listener::new(config, tls, tokens, &shared));
             tracing::info!(listener = %listener.name, addr = %local(&tcp), mode = listener.config.mode.as_str(), path = listener.config.path.as_str(), "listening");
             shared
                 .tracker
@@ -170,6 +191,7 @@ impl Server {
         // gateway, TLS listeners or not.
         shared.tracker.spawn(reload::run(
             reloadable,
+            self.tokens.clone(),
             self.config.tls.reload_interval.0,
             self.reload.clone(),
             shared.events.clone(),

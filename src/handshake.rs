@@ -29,6 +29,8 @@ pub struct Upgrade {
     key: Vec<u8>,
     /// `Forwarded`, `X-Forwarded-For`, `X-Real-IP` (used only from trusted proxies).
     pub forwarded: ForwardedHeaders,
+    /// The raw `Authorization` header (a token for `identity = "token"`).
+    pub authorization: Option<Vec<u8>>,
     /// Bytes read past the request head (early frames); handed to the WebSocket.
     pub leftover: Vec<u8>,
 }
@@ -227,6 +229,7 @@ fn classify(request: &httparse::Request<'_, '_>, prefix: &PathPrefix) -> Head {
         origin: header("origin").map(<[u8]>::to_vec),
         key: key.to_vec(),
         forwarded: forwarded_headers(request.headers),
+        authorization: header("authorization").map(<[u8]>::to_vec),
         leftover: Vec::new(),
     })
 }

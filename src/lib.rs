@@ -16,6 +16,7 @@
 //! - `handshake`: the HTTP request head and the upgrade or refusal answer.
 //! - `admission`: who is admitted at the upgrade: caps, allowed origins, the name.
 //! - `identity`: client names from `?name=` or `Origin`, the Qt name rules.
+//! - [`token`] (*public*): client tokens (JWT) for `identity = "token"`, and minting them.
 //! - `session`: one connection's task: read, route, batch-write, ping, close.
 //! - `ratelimit`: frames per session and connections per address (governor).
 //! - `close`: why the gateway closes a session: code, reason, drain policy.
@@ -61,6 +62,7 @@ mod reload;
 mod router;
 mod session;
 mod tls;
+pub mod token;
 mod trim;
 
 pub use config::Config;

@@ -46,6 +46,20 @@ enum Command {
         #[arg(long, value_enum, default_value = "ecdsa-p256")]
         key_type: KeyTypeArg,
     },
+    /// Mint a development token for NAME, signed with the config's [auth]
+    /// hmac_secret (for `identity = "token"` listeners; print it, then
+    /// `wssgate-client --token` or `?token=`).
+    Token {
+        /// The client's name (put in [auth] name_claim, default `sub`).
+        #[arg(long)]
+        name: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Config to read [auth] from; default: config/gateway.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check a config file and exit (0 when valid).
     CheckConfig {
         /// Config file; default: config/gateway.toml.
@@ -169,6 +183,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             println!("{client}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { name, ttl, config } => {
+            let path = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+            let config = Config::load(&path)?;
+            let token = wssgate::token::mint(config.auth.get_ref(), &name, ttl)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { path } => {

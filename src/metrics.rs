@@ -50,6 +50,8 @@ pub enum ErrorKind {
     rate_limited,
     /// A connection refused for its address's connection rate (503).
     connection_rate,
+    /// A request its token does not allow (a room, the operator).
+    forbidden,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -67,6 +67,9 @@ pub enum IdentitySource {
     /// The client certificate (first DNS or URI SAN, else CN); a different
     /// claimed name is refused with 403.
     Certificate,
+    /// A signed token (JWT, `[auth]`), from `Authorization: Bearer` or
+    /// `?token=`; a different claimed name is refused with 403.
+    Token,
 }
 
 impl ClientAuth {

@@ -1,10 +1,11 @@
 //! Reloading what can change under a running gateway: each TLS listener's
-//! certificate and key, when its files change on disk (polled every
-//! `[tls] reload_interval`) and whenever a reload is requested: `wssgate
-//! serve` requests one on SIGHUP (`systemctl reload`), whatever listeners
-//! it has, so that a SIGHUP never stops the process. A broken new file
-//! keeps the old certificate in service; every outcome is logged and
-//! published as [`Event::TlsReload`].
+//! certificate and key, and the token keys (`[auth] public_keys`), when
+//! their files change on disk (polled every `[tls] reload_interval`) and
+//! whenever a reload is requested: `wssgate serve` requests one on SIGHUP
+//! (`systemctl reload`), whatever listeners it has, so that a SIGHUP never
+//! stops the process. A broken new file keeps the old certificate or keys
+//! in service; every outcome is logged and published
+//! ([`Event::TlsReload`], [`Event::TokenKeysReload`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, Events};
 use crate::tls::ServerTls;
+use crate::token::TokenKeys;
 
 /// Asks a running gateway to reload what it can (today: the TLS listeners'
 /// certificates). Cheap to clone; a request made while the previous one is
@@ -32,6 +34,7 @@ impl Reload {
 /// each request, until `shutdown`.
 pub(crate) async fn run(
     listeners: Vec<Arc<ServerTls>>,
+    tokens: Option<Arc<TokenKeys>>,
     interval: Duration,
     requests: Reload,
     events: Events,
@@ -39,7 +42,7 @@ pub(crate) async fn run(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let polling = !listeners.is_empty();
+    let polling = !listeners.is_empty() || tokens.is_some();
     loop {
         let requested = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -47,13 +50,30 @@ pub(crate) async fn run(
             () = requests.0.notified() => true,
         };
         if requested {
-            if listeners.is_empty() {
-                tracing::info!("reload requested: no TLS listener, nothing to reload");
+            if !polling {
+                tracing::info!(
+                    "reload requested: no TLS listener and no token keys, nothing to reload"
+                );
             } else {
                 tracing::info!(
-                    listeners = listeners.len(),
-                    "reload requested: reloading certificates"
+                    tls_listeners = listeners.len(),
+                    token_keys = tokens.is_some(),
+                    "reload requested: reloading certificates and token keys"
                 );
+            }
+        }
+        if let Some(tokens) = &tokens
+            && (requested || tokens.changed_on_disk())
+        {
+            match tokens.reload() {
+                Ok(()) => {
+                    tracing::info!("token keys reloaded; new handshakes use them");
+                    events.publish(&Event::TokenKeysReload { error: None });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "token key reload failed; keeping the keys in use");
+                    events.publish(&Event::TokenKeysReload { error: Some(&e) });
+                }
             }
         }
         for tls in &listeners {

@@ -9,7 +9,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::outbox::{Next, Outbox};
 use crate::presence::{Backlog, RESYNC_INTERVAL};
@@ -28,6 +28,7 @@ use crate::metrics::{ErrorKind, RouteKind};
 use crate::protocol::{self, Envelope, Forward, Request};
 use crate::ratelimit::{SessionLimits, Verdict};
 use crate::router::{Delivery, RouteCache, Router, SessionHandle};
+use crate::token::Permissions;
 use serde_json::value::RawValue;
 use wssgate_wire::Notice;
 use wssgate_wire::notice;
@@ -57,6 +58,10 @@ pub struct SessionRules {
     pub timers: SessionTimers,
     /// Its rate limits, if `[limits] messages_per_second` is not 0.
     pub limits: Option<SessionLimits>,
+    /// When its token expires (`identity = "token"`): closed then with 1008.
+    pub expires: Option<SystemTime>,
+    /// What its token allows, when it restricts anything.
+    pub permissions: Option<Box<Permissions>>,
 }
 
 /// Why a session ended, for the disconnect log line.
@@ -80,7 +85,19 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let SessionRules { timers, limits } = rules;
+    let SessionRules {
+        timers,
+        limits,
+        expires,
+        permissions,
+    } = rules;
+    let permissions = permissions.as_deref();
+    // Boxed, and only for token sessions: a timer in every session's
+    // state would cost every idle connection its size.
+    let mut expiry = expires.map(|at| {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        Box::pin(tokio::time::sleep(left))
+    });
     let counters = Counters::new(&router);
     let mut routes = RouteCache::default();
     let mut ping =
@@ -121,6 +138,9 @@ pub async fn run<S>(
                     break end;
                 }
             }
+            () = async { if let Some(e) = expiry.as_mut() { e.as_mut().await } }, if expiry.is_some() => {
+                break End::Closed(Close::TokenExpired);
+            }
             () = resync.wait() => {
                 resync.retry = None;
                 rx.mark_presence();
@@ -147,8 +167,8 @@ pub async fn run<S>(
                     }
                 }
                 match frame {
-                    Ok(Message::Text(text)) => on_text(&router, &handle, &counters, &mut routes, text),
-                    Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, &data),
+                    Ok(Message::Text(text)) => on_text(&router, &handle, &counters, &mut routes, permissions, text),
+                    Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, permissions, &data),
                     Ok(Message::Ping(_)) => {
                         // tungstenite queued the pong; send it now.
                         if let Err(end) = guarded(ws.flush(), &handle, &mut ping, stall_ticks).await {
@@ -443,6 +463,7 @@ fn on_text(
     handle: &Arc<SessionHandle>,
     counters: &Counters,
     routes: &mut RouteCache,
+    permissions: Option<&Permissions>,
     text: Utf8Bytes,
 ) {
     match protocol::classify(&text) {
@@ -486,6 +507,10 @@ fn on_text(
             };
         }
         Request::Join { room, id } => {
+            if permissions.is_some_and(|p| !p.may_join(&room)) {
+                let why = format!("not allowed by your token: join {room}");
+                return reject(router, handle, ErrorKind::forbidden, &why, id);
+            }
             if let Err(e) = router.join(handle, &room) {
                 reject(
                     router,
@@ -507,6 +532,9 @@ fn on_text(
             reject(router, handle, ErrorKind::invalid_request, &reason, id);
         }
         Request::ToServer => {
+            if permissions.is_some_and(|p| !p.operator) {
+                return reject(router, handle, ErrorKind::forbidden, NO_OPERATOR, None);
+            }
             counters.to_server.inc();
             let name = handle.name();
             let remote = handle.info.remote;
@@ -539,7 +567,19 @@ fn sender_name(router: &Router, handle: &Arc<SessionHandle>, envelope: &Envelope
     handle.name()
 }
 
-fn on_binary(router: &Router, handle: &SessionHandle, counters: &Counters, data: &[u8]) {
+/// The refusal of a message to the operator that a token does not allow.
+const NO_OPERATOR: &str = "not allowed by your token: messages to the operator";
+
+fn on_binary(
+    router: &Router,
+    handle: &SessionHandle,
+    counters: &Counters,
+    permissions: Option<&Permissions>,
+    data: &[u8],
+) {
+    if permissions.is_some_and(|p| !p.operator) {
+        return reject(router, handle, ErrorKind::forbidden, NO_OPERATOR, None);
+    }
     counters.to_server.inc();
     let name = handle.name();
     let remote = handle.info.remote;

@@ -338,13 +338,57 @@ async fn sighup_without_a_tls_listener_keeps_serving() {
     for _ in 0..2 {
         gw.signal("-HUP");
         gw.log_line("SIGHUP received").await;
-        gw.log_line("no TLS listener, nothing to reload").await;
+        gw.log_line("no TLS listener and no token keys, nothing to reload")
+            .await;
     }
     let out = gw.admin(&["send", "alice", "still here"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(recv_text(&mut alice).await, "still here");
     gw.signal("-TERM");
     assert!(gw.wait().await.success());
+}
+
+/// `wssgate token` mints a token that a token listener admits, and no log
+/// line ever holds a token, whether it was admitted or refused.
+#[tokio::test]
+async fn minted_tokens_are_admitted_and_never_logged() {
+    let text = "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\nidentity = \"token\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n\n\
+         [auth]\nhmac_secret = \"0123456789abcdef0123456789abcdef\"\nalgorithms = [\"HS256\"]\n";
+    let config = TempConfig::new("token", text);
+    let out = run(wssgate(&[
+        "token",
+        "--name",
+        "alice",
+        "--ttl",
+        "10m",
+        "--config",
+        &config.arg(),
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let mut gw = Served::start(text).await;
+    let mut alice = try_connect(&gw.ws_url(&format!("/?token={token}")), None)
+        .await
+        .expect("admitted by the minted token");
+    assert_eq!(list(&mut alice).await, ["alice"]);
+    // A refused one: its signature part altered.
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let refused = try_connect(&gw.ws_url(&format!("/?token={forged}")), None).await;
+    assert!(refused.is_err());
+    gw.log_line("handshake refused").await;
+    gw.signal("-TERM");
+    assert!(gw.wait().await.success());
+    let signature = token.rsplit('.').next().unwrap_or_default();
+    let mut lines = 0;
+    while let Ok(line) = gw.log.try_recv() {
+        lines += 1;
+        assert!(!line.contains(signature), "a token in the log: {line}");
+    }
+    assert!(lines > 0);
 }
 
 #[tokio::test]
@@ -525,6 +569,16 @@ async fn check_config_reports_file_line_and_reason() {
             "token must be printable ASCII without spaces",
         ),
         (
+            "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\nidentity = \"token\"\n",
+            1,
+            "[auth] algorithms must list the accepted algorithms",
+        ),
+        (
+            "# tokens\n[auth]\nalgorithms = [\"none\"]\nhmac_secret = \"0123456789abcdef0123456789abcdef\"\n",
+            2,
+            "unknown algorithm \"none\"",
+        ),
+        (
             "[limits]\nidle_timeout = \"never\"\n",
             2,
             "invalid duration",
@@ -671,6 +725,7 @@ async fn mtls_client(
             identity: Some((cert.into(), key.into())),
         },
         known_hosts: PathBuf::new(),
+        token: None,
     };
     let (ws, _) = tokio::time::timeout(WAIT, connect(&opts))
         .await

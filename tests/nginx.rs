@@ -262,6 +262,7 @@ async fn library_client(url: String, name: &str, ca: &Path, dir: &Path) -> Clien
             identity: None,
         },
         known_hosts: dir.join("known_hosts"),
+        token: None,
     };
     let (ws, _) = tokio::time::timeout(WAIT, connect(&opts))
         .await

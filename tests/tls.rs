@@ -94,6 +94,7 @@ fn options(
         name: name.to_owned(),
         tls: ClientTls { trust, identity },
         known_hosts: known.to_owned(),
+        token: None,
     }
 }
 

@@ -34,6 +34,9 @@ pub struct ConnectOptions {
     pub tls: ClientTls,
     /// Trust-on-first-use store for `--accept-all`.
     pub known_hosts: PathBuf,
+    /// A token (JWT) for a gateway listener with `identity = "token"`,
+    /// sent as `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
 }
 
 /// What the connection learned about the server.
@@ -136,6 +139,14 @@ pub async fn connect(opts: &ConnectOptions) -> Result<(ClientStream, ConnectInfo
         reason: format!("name {:?} cannot be sent in a header", opts.name),
     })?;
     request.headers_mut().insert("Origin", origin);
+    if let Some(token) = &opts.token {
+        let bearer =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ConnectError::Url {
+                url: opts.url.clone(),
+                reason: "the token cannot be sent in a header".into(),
+            })?;
+        request.headers_mut().insert("Authorization", bearer);
+    }
     let uri = request.uri().clone();
     let secure = match uri.scheme_str() {
         Some("ws") => false,

@@ -531,6 +531,7 @@ async fn connect_wss(gw: &Gateway, name: &str, ca: &str) -> ClientStream {
             identity: None,
         },
         known_hosts: PathBuf::from("unused"),
+        token: None,
     };
     let (ws, _) = tokio::time::timeout(WAIT, wssgate_client::connect::connect(&opts))
         .await

@@ -47,13 +47,13 @@ level = "info"
 /// Time the started gateway gets to announce its listeners.
 const START_LIMIT: Duration = Duration::from_secs(30);
 /// Time the started gateway gets to stop after SIGTERM.
-const STOP_LIMIT: Duration = Duration::from_secs(20);
+pub const STOP_LIMIT: Duration = Duration::from_secs(20);
 /// Time a `/metrics` request may take.
 const SCRAPE_LIMIT: Duration = Duration::from_secs(5);
 /// Largest `/metrics` response read.
 const MAX_SCRAPE: u64 = 4 << 20;
 /// WARN and ERROR lines kept for the report (all are counted).
-const KEPT_LINES: usize = 50;
+pub const KEPT_LINES: usize = 50;
 
 /// The WARN and ERROR lines the gateway logged, split into those the soak
 /// caused on purpose and the rest.

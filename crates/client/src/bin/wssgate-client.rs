@@ -52,6 +52,11 @@ struct Cli {
     /// Your name, sent in the Origin header as the Qt chat example does.
     #[arg(long)]
     name: String,
+    /// A token for a listener with `identity = "token"` (e.g. from `wssgate
+    /// token --name NAME`), sent as `Authorization: Bearer`; its name must
+    /// be --name.
+    #[arg(long, env = "WSSGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 
     /// Trust only the CA certificate(s) in FILE (PEM) instead of the system roots.
     #[arg(long, value_name = "FILE", help_heading = TLS_HEADING)]
@@ -173,6 +178,7 @@ fn chat(cli: Cli) -> Result<Chat> {
                 identity: cli.cert.zip(cli.key),
             },
             known_hosts: cli.known_hosts.unwrap_or_else(default_known_hosts),
+            token: cli.token,
         },
         task,
         json: cli.json,
