@@ -100,7 +100,9 @@ impl Policy {
         query: Option<&str>,
         origin: Option<&[u8]>,
     ) -> Result<Admitted, Refusal> {
-        let name_origin = self.name_origin(origin)?;
+        // A browser's origin is never a name here (it is checked against
+        // allowed_origins when set); a Qt-style name in Origin is one.
+        let name_origin = self.name_origin(origin)?.filter(|o| !is_browser_origin(o));
         let verifier = self.tokens.as_ref().map(|t| t.verifier()).ok_or_else(|| {
             Refusal::new(401, "this listener needs tokens but [auth] has no keys")
         })?;
@@ -159,6 +161,16 @@ impl Policy {
             IdentitySource::Token => Err(Refusal::new(401, TokenError::Missing.to_string())),
         }
     }
+}
+
+/// True for an `Origin` a browser sends (RFC 6454): `null`, or
+/// `scheme://host[:port]`.
+fn is_browser_origin(origin: &[u8]) -> bool {
+    origin == b"null"
+        || origin
+            .windows(3)
+            .position(|w| w == b"://")
+            .is_some_and(|at| at > 0 && origin[..at].iter().all(u8::is_ascii_alphabetic))
 }
 
 /// The answer over `max_connections`, to an upgrade and to a health check.

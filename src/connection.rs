@@ -322,24 +322,13 @@ impl Connection {
         };
         let (
             upgrade,
+            remote,
             Admitted {
                 claim,
                 expires,
                 permissions,
             },
         ) = request;
-        let remote = proxy::client_addr(
-            self.peer,
-            &upgrade.forwarded,
-            &listener.config.trusted_proxies,
-            listener.config.forwarded_header,
-        );
-        if let Some(rate) = &shared.address_rate
-            && let Err(wait) = rate.check(remote.ip())
-        {
-            shared.metrics.error(ErrorKind::connection_rate);
-            return refuse(shared, &mut stream, &admission::connection_rate(wait)).await;
-        }
         let address_slot = match std::mem::replace(&mut self.address, Accounted::Later) {
             Accounted::Counted(slot) => slot,
             // Refused in read_upgrade already; never here.
@@ -434,7 +423,7 @@ impl Connection {
 
     /// Reads the upgrade request and admits the name it claims; `None`
     /// after answering with an HTTP refusal (or when the peer went away).
-    async fn read_upgrade<S>(&self, stream: &mut S) -> Option<(Upgrade, Admitted)>
+    async fn read_upgrade<S>(&self, stream: &mut S) -> Option<(Upgrade, SocketAddr, Admitted)>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -463,9 +452,24 @@ impl Connection {
             refuse(&self.shared, stream, &admission::address_over_limit()).await;
             return None;
         }
+        let config = &self.listener.config;
+        let remote = proxy::client_addr(
+            self.peer,
+            &upgrade.forwarded,
+            &config.trusted_proxies,
+            config.forwarded_header,
+        );
+        // Before the token, origin and name checks: refused requests count.
+        if let Some(rate) = &self.shared.address_rate
+            && let Err(wait) = rate.check(remote.ip())
+        {
+            self.shared.metrics.error(ErrorKind::connection_rate);
+            refuse(&self.shared, stream, &admission::connection_rate(wait)).await;
+            return None;
+        }
         let policy = &self.listener.policy;
         match policy.admit(&self.place, &upgrade, self.cert.as_ref()) {
-            Ok(admitted) => Some((upgrade, admitted)),
+            Ok(admitted) => Some((upgrade, remote, admitted)),
             Err(refusal) => {
                 refuse(&self.shared, stream, &refusal).await;
                 None

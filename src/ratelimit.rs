@@ -4,10 +4,13 @@
 //!   A frame over it is dropped and answered with `rate limit exceeded`
 //!   (with the request's `id` as `ref`); a second limit on those refusals
 //!   closes a session that keeps on with 1008 `rate limit`, so a flood
-//!   cannot turn into a flood of notices either. Names are unique under
-//!   `reject` and `replace`, so a session's limit is its name's.
-//! - per client address (after PROXY and forwarding headers): new
-//!   connections a second at the upgrade, answered over it with 503 and
+//!   cannot turn into a flood of notices either. The limit is the
+//!   session's: a reconnect starts afresh (the connection rate below is
+//!   what limits reconnecting).
+//! - per client address (after PROXY and forwarding headers): upgrade
+//!   requests a second, counted as soon as the request head is read
+//!   (before the token, name and origin checks, so that refused requests
+//!   count too), answered over it with 503 and
 //!   `Retry-After`. Off by default: many clients share an address behind
 //!   NAT, and a reconnecting crowd must not be refused by default.
 

@@ -119,6 +119,10 @@ pub async fn run<S>(
         tokio::select! {
             biased;
             () = handle.closed() => break ordered_end(&handle),
+            // Before the queue: a busy session must not outlive its token.
+            () = async { if let Some(e) = expiry.as_mut() { e.as_mut().await } }, if expiry.is_some() => {
+                break End::Closed(Close::TokenExpired);
+            }
             Some(next) = rx.pop() => {
                 let result = match next {
                     Next::Frame(first) => {
@@ -137,9 +141,6 @@ pub async fn run<S>(
                 if let Err(end) = result {
                     break end;
                 }
-            }
-            () = async { if let Some(e) = expiry.as_mut() { e.as_mut().await } }, if expiry.is_some() => {
-                break End::Closed(Close::TokenExpired);
             }
             () = resync.wait() => {
                 resync.retry = None;
@@ -523,6 +524,12 @@ fn on_text(
         }
         Request::Leave { room, .. } => router.leave(handle, &room),
         Request::List { room, id } => {
+            if let Some(room) = room.as_deref()
+                && permissions.is_some_and(|p| !p.may_join(room))
+            {
+                let why = format!("not allowed by your token: list {room}");
+                return reject(router, handle, ErrorKind::forbidden, &why, id);
+            }
             let names = router.names(room.as_deref());
             let me = handle.name();
             let notice = Notice::list(me.as_str(), &names, room.as_deref(), id);

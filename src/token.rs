@@ -359,10 +359,9 @@ impl Verifier {
                 self.name_claim
             )));
         };
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
         Ok(Verified {
             name: name.to_owned(),
-            expires: UNIX_EPOCH + Duration::from_secs(exp) + self.leeway,
+            expires: expiry(claims.get("exp"), self.leeway),
             permissions: Permissions::of(&claims)?,
         })
     }
@@ -407,6 +406,21 @@ fn jwks_keys(path: &std::path::Path) -> Result<Vec<Key>, String> {
             })
         })
         .collect()
+}
+
+/// When a session on a token with this `exp` ends: `exp` + `leeway`, as
+/// jsonwebtoken reads `exp` (a NumericDate, fractional seconds allowed,
+/// already checked to be present and in the future), saturating far out.
+fn expiry(exp: Option<&Value>, leeway: Duration) -> SystemTime {
+    let seconds = exp
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_f64().map(|f| f.max(0.0).round() as u64))
+        })
+        .unwrap_or(0);
+    // Far-future dates (beyond what SystemTime holds) end at its limit.
+    const FAR: u64 = 1 << 40;
+    UNIX_EPOCH + Duration::from_secs(seconds.min(FAR)) + leeway
 }
 
 /// A PEM public key and the family of algorithms it verifies.
@@ -658,6 +672,32 @@ mod tests {
         );
         assert_eq!(v.verify(&ed_token).unwrap().name, "k");
         assert_eq!(v.verify(&ec_token).unwrap().name, "k");
+    }
+
+    #[test]
+    fn fractional_and_far_expiries_are_read_as_jsonwebtoken_reads_them() {
+        let v = Verifier::new(&auth("")).unwrap();
+        let exp = (now() + 100) as f64 + 0.5;
+        let token = sign(
+            serde_json::json!({"sub": "f", "exp": exp}),
+            SECRET,
+            Algorithm::HS256,
+        );
+        let left = v
+            .verify(&token)
+            .unwrap()
+            .expires
+            .duration_since(SystemTime::now())
+            .unwrap();
+        assert!(left > Duration::from_secs(90), "{left:?}");
+        let far = sign(
+            serde_json::json!({"sub": "f", "exp": u64::MAX}),
+            SECRET,
+            Algorithm::HS256,
+        );
+        if let Ok(verified) = v.verify(&far) {
+            assert!(verified.expires > SystemTime::now() + Duration::from_secs(1 << 30));
+        }
     }
 
     #[test]

@@ -504,10 +504,30 @@ async fn abuse_connection_flood_from_one_address_gets_503_with_retry_after() {
         serde_json::from_slice::<Value>(&payload).unwrap()["msg"],
         "hi"
     );
+    // Refused requests count too: two with a reserved name use up the burst
+    // of another address, and its third, valid, request is over the rate.
+    let answer = |mut stream: TcpStream, origin: &'static [u8]| async move {
+        stream
+            .write_all(&upgrade_request("/", &[("Origin", origin)]))
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    for _ in 0..2 {
+        let text = answer(from([127, 0, 0, 6]).await.unwrap(), b"@x").await;
+        assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    }
+    let text = answer(from([127, 0, 0, 6]).await.unwrap(), b"good").await;
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
     let m = metrics(&gw).await;
     assert_eq!(
         metric(&m, r#"wssgate_errors_total{kind="connection_rate"}"#),
-        1.0
+        2.0
     );
 }
 

@@ -291,6 +291,10 @@ async fn nginx_terminates_tls_and_the_gateway_sees_the_client_address() {
                 ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
                 ("listen [::]:443 ssl;", String::new()),
                 (
+                    "access_log /var/log/nginx/access.log wssgate_no_query;",
+                    "access_log off;".to_owned(),
+                ),
+                (
                     "/etc/letsencrypt/live/chat.example.com/fullchain.pem",
                     d.join("certs/server.pem").display().to_string(),
                 ),
