@@ -274,6 +274,10 @@ pub struct SoakArgs {
     /// windows may exceed those of the first third, as a ratio.
     #[arg(long, default_value_t = 3.0)]
     pub max_latency_ratio: f64,
+    /// Verdict: a last third whose median latency is under this passes
+    /// whatever the ratio (scheduling noise moves small figures most).
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub latency_floor: Duration,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,

@@ -569,6 +569,7 @@ pub(crate) async fn run(
         &samples[1..].iter().map(|s| s.p50_us).collect::<Vec<_>>(),
         &samples[1..].iter().map(|s| s.p99_us).collect::<Vec<_>>(),
         args.max_latency_ratio,
+        args.latency_floor.as_secs_f64() * 1e6,
     ));
     checks.push(match &log {
         Some(scan) => Check::new(
