@@ -101,7 +101,7 @@ async fn authorize(State(state): State<Arc<Api>>, request: Request, next: Next) 
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
+            .and_then(crate::token::bearer);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             tracing::warn!(path = %request.uri().path(), "admin request without a valid bearer token");
             let mut headers = HeaderMap::new();
@@ -118,17 +118,6 @@ async fn authorize(State(state): State<Arc<Api>>, request: Request, next: Next) 
         }
     }
     next.run(request).await
-}
-
-/// The token of an `Authorization: Bearer TOKEN` value: the scheme is
-/// case-insensitive and followed by one or more spaces (RFC 9110 section
-/// 11.1, 11.4); surrounding whitespace is not part of the token.
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.trim().split_once([' ', '\t'])?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim_start_matches([' ', '\t']))
-        .filter(|token| !token.is_empty())
 }
 
 /// Compares secrets without leaking, through timing, where they differ.

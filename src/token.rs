@@ -452,18 +452,25 @@ fn explain(kind: &ErrorKind) -> String {
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value: the scheme is
+/// case-insensitive and followed by one or more spaces (RFC 9110 section
+/// 11.1, 11.4); surrounding whitespace is not part of the token. Used for
+/// client tokens and for the admin API's token alike.
+pub(crate) fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches([' ', '\t']))
+        .filter(|token| !token.is_empty())
+}
+
 /// The token of a request: `Authorization: Bearer TOKEN` first, else the
 /// `token` parameter of the query (percent-decoded).
 pub fn from_request(authorization: Option<&[u8]>, query: Option<&str>) -> Option<String> {
     let bearer = authorization
         .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once([' ', '\t'])?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| rest.trim().to_owned())
-        })
-        .filter(|t| !t.is_empty());
+        .and_then(bearer)
+        .map(str::to_owned);
     bearer.or_else(|| {
         let raw = query?.split('&').find_map(|p| p.strip_prefix("token="))?;
         let decoded = percent_encoding::percent_decode_str(raw)
