@@ -54,12 +54,7 @@ impl ConnectionCap {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Some(Place::Admitted { _permit: permit });
         }
-        if self.refusing.fetch_add(1, Ordering::Relaxed) < MAX_REFUSING {
-            let _slot = RefusingSlot(self.refusing.clone());
-            return Some(Place::Refusing { _slot });
-        }
-        self.refusing.fetch_sub(1, Ordering::Relaxed);
-        None
+        self.refuse()
     }
 
     /// A place to be refused in (a connection from an address already at

@@ -89,7 +89,10 @@ fn stamps(paths: &[std::path::PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
 /// Verifies the tokens of one gateway.
 pub struct Verifier {
     keys: Vec<Key>,
-    validation: Validation,
+    /// One validation per family of accepted algorithms, built once:
+    /// jsonwebtoken refuses a validation that lists algorithms of other
+    /// families than the key's.
+    validations: Vec<(AlgorithmFamily, Validation)>,
     name_claim: String,
     leeway: Duration,
 }
@@ -277,7 +280,7 @@ impl Verifier {
             return Err("[auth] name_claim must not be empty".into());
         }
         let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
+        validation.algorithms = algorithms.clone();
         validation.leeway = auth.leeway.0.as_secs();
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
@@ -293,9 +296,17 @@ impl Verifier {
             validation.set_issuer(&auth.issuer);
             validation.required_spec_claims.insert("iss".into());
         }
+        let mut validations: Vec<(AlgorithmFamily, Validation)> = Vec::new();
+        for alg in &algorithms {
+            if !validations.iter().any(|(f, _)| *f == alg.family()) {
+                let mut v = validation.clone();
+                v.algorithms.retain(|a| a.family() == alg.family());
+                validations.push((alg.family(), v));
+            }
+        }
         Ok(Verifier {
             keys,
-            validation,
+            validations,
             name_claim: auth.name_claim.clone(),
             leeway: auth.leeway.0,
         })
@@ -305,19 +316,17 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| TokenError::Invalid("malformed token: not a JWT".into()))?;
-        if !self.validation.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self
+            .validations
+            .iter()
+            .find(|(_, v)| v.algorithms.contains(&header.alg))
+        else {
             return Err(TokenError::Invalid(format!(
                 "token algorithm {:?} is not accepted here",
                 header.alg
             )));
-        }
+        };
         let mut last = ErrorKind::InvalidSignature;
-        // jsonwebtoken refuses a validation that lists algorithms of other
-        // families than the key's: each family is checked on its own.
-        let mut validation = self.validation.clone();
-        validation
-            .algorithms
-            .retain(|a| a.family() == header.alg.family());
         // A token naming its key (`kid`) is checked against that key of a
         // JWKS file only; keys without an id are tried in turn.
         let candidates: Vec<&Key> = self
@@ -339,7 +348,7 @@ impl Verifier {
         let claims = candidates
             .iter()
             .find_map(|k| {
-                match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, &validation) {
+                match jsonwebtoken::decode::<Map<String, Value>>(token, &k.key, validation) {
                     Ok(data) => Some(data.claims),
                     Err(e) => {
                         // A key whose signature matched says more (expired,

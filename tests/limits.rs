@@ -351,8 +351,8 @@ async fn abuse_slow_reader_that_is_cut_off_gets_whole_frames_then_1013() {
     drop(sender);
 }
 
-/// A TCP connection from `source` that never sends a byte.
-async fn silent_from(gw: &Gateway, source: [u8; 4]) -> TcpStream {
+/// A TCP connection from `source`, nothing sent on it yet.
+async fn tcp_from(gw: &Gateway, source: [u8; 4]) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket
         .bind((std::net::Ipv4Addr::from(source), 0).into())
@@ -370,7 +370,7 @@ async fn abuse_one_address_with_silent_sockets_cannot_fill_the_cap() {
     .await;
     let mut silent = Vec::new();
     for _ in 0..20 {
-        silent.push(silent_from(&gw, [127, 0, 0, 2]).await);
+        silent.push(tcp_from(&gw, [127, 0, 0, 2]).await);
     }
     // Accepted in order, after all twenty: admitted.
     let mut alice = connect(&gw, "alice").await;
@@ -404,7 +404,7 @@ async fn abuse_slow_handshakes_over_the_pending_budget_evict_the_oldest() {
     .await;
     let mut silent = Vec::new();
     for _ in 0..10 {
-        silent.push(silent_from(&gw, [127, 0, 0, 3]).await);
+        silent.push(tcp_from(&gw, [127, 0, 0, 3]).await);
     }
     let mut alice = connect(&gw, "alice").await;
     let mut bob = connect(&gw, "bob").await;
@@ -469,16 +469,9 @@ async fn abuse_message_flood_is_refused_then_closed_and_bystanders_are_untouched
 async fn abuse_connection_flood_from_one_address_gets_503_with_retry_after() {
     let gw = start("[limits]\nconnection_rate_per_address = 1\nconnection_burst_per_address = 2\n")
         .await;
-    let from = |source: [u8; 4]| {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket
-            .bind((std::net::Ipv4Addr::from(source), 0).into())
-            .unwrap();
-        socket.connect(gw.ws)
-    };
-    let mut first = raw_handshake(from([127, 0, 0, 5]).await.unwrap(), "first").await;
-    let _second = raw_handshake(from([127, 0, 0, 5]).await.unwrap(), "second").await;
-    let mut third = from([127, 0, 0, 5]).await.unwrap();
+    let mut first = raw_handshake(tcp_from(&gw, [127, 0, 0, 5]).await, "first").await;
+    let _second = raw_handshake(tcp_from(&gw, [127, 0, 0, 5]).await, "second").await;
+    let mut third = tcp_from(&gw, [127, 0, 0, 5]).await;
     third
         .write_all(&upgrade_request("/", &[("Origin", b"third")]))
         .await
@@ -519,10 +512,10 @@ async fn abuse_connection_flood_from_one_address_gets_503_with_retry_after() {
         String::from_utf8_lossy(&response).into_owned()
     };
     for _ in 0..2 {
-        let text = answer(from([127, 0, 0, 6]).await.unwrap(), b"@x").await;
+        let text = answer(tcp_from(&gw, [127, 0, 0, 6]).await, b"@x").await;
         assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
     }
-    let text = answer(from([127, 0, 0, 6]).await.unwrap(), b"good").await;
+    let text = answer(tcp_from(&gw, [127, 0, 0, 6]).await, b"good").await;
     assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
     let m = metrics(&gw).await;
     assert_eq!(
