@@ -1,18 +1,20 @@
 //! The operator HTTP API (`docs/PROTOCOL.md` section 8), served with axum: clients,
-//! broadcast, send, events as Server-Sent Events, health and Prometheus
-//! metrics. With a token configured, every route but `/healthz` needs
-//! `Authorization: Bearer <token>`.
+//! kick, broadcast, send, events as Server-Sent Events, health and Prometheus
+//! metrics, and the operator console ([`crate::web::CONSOLE`]) at `/`. With a
+//! token configured, every route but `/healthz` and the console's own files
+//! needs `Authorization: Bearer <token>`: the console is a login form until
+//! the token it is given works against the API.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router as HttpRouter};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::Events;
 use crate::metrics::{Metrics, RouteKind};
 use crate::router::Router;
+use crate::web::{self, Asset};
 
 /// Interval of SSE keep-alive comments, so proxies keep the stream open.
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -44,6 +47,8 @@ pub(crate) struct Api {
     pub(crate) max_body: usize,
     /// The bearer token every route but `/healthz` needs, if any.
     pub(crate) token: Option<Arc<str>>,
+    /// Serve the operator console at `/`.
+    pub(crate) console: bool,
 }
 
 /// One connected client as `GET /clients` reports it (the admin API writes
@@ -72,19 +77,48 @@ pub(crate) struct Delivered {
     pub(crate) delivered: usize,
 }
 
+/// The answer to `DELETE /clients/{name}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Closed {
+    /// Sessions told to close (4001).
+    pub(crate) closed: usize,
+}
+
+/// The query of `DELETE /clients/{name}`.
+#[derive(Debug, Deserialize)]
+struct KickQuery {
+    /// Words for the client, sent after `kicked: ` in the close frame.
+    reason: Option<String>,
+}
+
 /// Serves the operator API on `tcp` until shutdown.
 pub(crate) async fn serve(tcp: TcpListener, api: Api) {
     let shutdown = api.shutdown.clone();
     let body_limit = api.max_body;
+    let console = api.console;
     let state = Arc::new(api);
-    let app = HttpRouter::new()
+    let mut app = HttpRouter::new()
         .route("/clients", get(clients))
+        .route("/clients/{name}", delete(kick))
         .route("/broadcast", post(broadcast))
         .route("/send/{name}", post(send))
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz));
+    if console {
+        // Outside the token check: the files hold no data, and without a
+        // token that works the page is only its login form.
+        let site = &*web::CONSOLE;
+        for asset in site.assets() {
+            let serve = move |headers: HeaderMap| async move { console_file(asset, &headers) };
+            if asset.file == "index.html" {
+                app = app.route("/", get(serve));
+            }
+            app = app.route(&format!("/{}", asset.file), get(serve));
+        }
+    }
+    let app = app
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state);
     let result = axum::serve(tcp, app)
@@ -140,6 +174,42 @@ async fn clients(State(state): State<Arc<Api>>) -> Json<Vec<ClientRow>> {
         })
         .collect();
     Json(rows)
+}
+
+/// A file of the console, or 304 when the browser's copy is fresh.
+fn console_file(asset: &'static Asset, request: &HeaderMap) -> Response {
+    let fresh = request
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|tags| asset.is_fresh(tags.as_bytes()));
+    let mut headers = HeaderMap::new();
+    for (name, value) in web::CONSOLE.headers(asset) {
+        if let Ok(value) = value.parse() {
+            headers.insert(name, value);
+        }
+    }
+    if fresh {
+        (StatusCode::NOT_MODIFIED, headers).into_response()
+    } else {
+        (headers, asset.body).into_response()
+    }
+}
+
+async fn kick(
+    State(state): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Query(query): Query<KickQuery>,
+) -> Response {
+    let reason = query.reason.as_deref();
+    let closed = state.router.kick(&name, reason);
+    if closed == 0 {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("recipient not connected: {name}\n"),
+        )
+            .into_response();
+    }
+    tracing::info!(client = %name, closed, reason = reason.unwrap_or(""), "operator kick");
+    Json(Closed { closed }).into_response()
 }
 
 async fn broadcast(State(state): State<Arc<Api>>, body: String) -> Json<Delivered> {

@@ -3,6 +3,7 @@
 //! The router orders the closes decided elsewhere (a newer session took the
 //! name, the queue overflowed); the session decides the rest.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use wssgate_wire::CloseCode;
@@ -30,6 +31,8 @@ pub enum Close {
     RateLimit,
     /// The session's token expired (1008).
     TokenExpired,
+    /// The operator disconnected the client (`DELETE /clients/{name}`, 4001).
+    Kicked,
 }
 
 impl Close {
@@ -44,6 +47,7 @@ impl Close {
             Close::InvalidUtf8 => CloseCode::InvalidData,
             Close::Protocol => CloseCode::Protocol,
             Close::RateLimit | Close::TokenExpired => CloseCode::Policy,
+            Close::Kicked => CloseCode::Kicked,
         }
     }
 
@@ -59,6 +63,7 @@ impl Close {
             Close::Protocol => "protocol error",
             Close::RateLimit => "rate limit",
             Close::TokenExpired => "token expired",
+            Close::Kicked => "kicked",
         }
     }
 
@@ -71,22 +76,56 @@ impl Close {
     }
 }
 
+/// The longest close reason a close frame can carry: its payload is at most
+/// 125 bytes, two of them the code (RFC 6455 section 5.5).
+pub const MAX_CLOSE_REASON: usize = 123;
+
 /// The close ordered for a session from outside its task: set once (the
 /// first order wins), read by the session when its token fires. Unset means
 /// the shutdown cancelled it.
 #[derive(Debug, Default)]
-pub struct CloseOrder(OnceLock<Close>);
+pub struct CloseOrder(OnceLock<(Close, Option<Box<str>>)>);
 
 impl CloseOrder {
     /// Records `close` unless an order is already there; true if this was
     /// the first.
     pub fn set(&self, close: Close) -> bool {
-        self.0.set(close).is_ok()
+        self.set_with(close, None)
+    }
+
+    /// Records `close` with words of whoever ordered it (the operator's
+    /// reason for a kick), sent after the cause's own reason.
+    pub fn set_with(&self, close: Close, detail: Option<&str>) -> bool {
+        let detail = detail
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(Box::from);
+        self.0.set((close, detail)).is_ok()
     }
 
     /// The order given, if any.
     pub fn get(&self) -> Option<Close> {
-        self.0.get().copied()
+        self.0.get().map(|(close, _)| *close)
+    }
+
+    /// The reason to send with `close`: the cause's own, followed by the
+    /// detail given with the order when it was for that cause, cut to what a
+    /// close frame holds (at a character boundary).
+    pub fn reason(&self, close: Close) -> Cow<'static, str> {
+        match self.0.get() {
+            Some((ordered, Some(detail))) if *ordered == close => {
+                let mut reason = format!("{}: {detail}", close.reason());
+                if reason.len() > MAX_CLOSE_REASON {
+                    let mut end = MAX_CLOSE_REASON;
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    reason.truncate(end);
+                }
+                Cow::Owned(reason)
+            }
+            _ => Cow::Borrowed(close.reason()),
+        }
     }
 }
 
@@ -115,11 +154,32 @@ mod tests {
             Close::Protocol,
             Close::RateLimit,
             Close::TokenExpired,
+            Close::Kicked,
         ] {
             let order = CloseOrder::default();
             order.set(close);
             assert_eq!(order.get(), Some(close), "{close:?}");
         }
+    }
+
+    #[test]
+    fn a_kick_reason_follows_the_cause_and_fits_a_close_frame() {
+        let order = CloseOrder::default();
+        assert!(order.set_with(Close::Kicked, Some(" spam ")));
+        assert_eq!(order.reason(Close::Kicked), "kicked: spam");
+        // Another cause (the shutdown that overtook it) keeps its own words.
+        assert_eq!(order.reason(Close::ShuttingDown), "gateway shutting down");
+
+        let blank = CloseOrder::default();
+        blank.set_with(Close::Kicked, Some("  "));
+        assert_eq!(blank.reason(Close::Kicked), "kicked");
+
+        let long = CloseOrder::default();
+        long.set_with(Close::Kicked, Some(&"é".repeat(100)));
+        let reason = long.reason(Close::Kicked);
+        assert!(reason.len() <= MAX_CLOSE_REASON, "{}", reason.len());
+        assert!(reason.starts_with("kicked: éé"));
+        assert_eq!(Close::Kicked.code().code(), 4001);
     }
 
     #[test]

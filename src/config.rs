@@ -228,6 +228,10 @@ pub struct ListenerConfig {
     /// is refused with 403 and names come from `?name=` only.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Serve the chat page at `path` to browsers (a `GET` without an
+    /// upgrade); off where not set, on in the shipped config.
+    #[serde(default)]
+    pub web: bool,
 }
 
 impl ListenerConfig {
@@ -299,6 +303,9 @@ pub struct AdminConfig {
     /// Bearer token; required when `bind` is not a loopback address.
     #[serde(default)]
     pub token: Option<String>,
+    /// Serve the operator console (a browser page) at `/`.
+    #[serde(default = "default_true")]
+    pub console: bool,
 }
 
 /// The `[limits]` table.
@@ -597,6 +604,7 @@ fn default_listeners() -> Vec<Spanned<ListenerConfig>> {
             forwarded_header: ForwardedHeader::Auto,
             proxy_protocol: false,
             allowed_origins: Vec::new(),
+            web: false,
         },
     )]
 }
@@ -607,6 +615,7 @@ impl Default for AdminConfig {
             enabled: true,
             bind: default_admin_bind(),
             token: None,
+            console: true,
         }
     }
 }
@@ -618,6 +627,7 @@ impl fmt::Debug for AdminConfig {
             .field("enabled", &self.enabled)
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("console", &self.console)
             .finish()
     }
 }
@@ -717,6 +727,13 @@ impl PathPrefix {
             Some(rest) => rest.is_empty() || rest.starts_with('/'),
             None => false,
         }
+    }
+
+    /// What follows the prefix in a path it [`matches`](Self::matches):
+    /// `""` or text starting with `/`.
+    pub fn rest<'a>(&self, path: &'a str) -> &'a str {
+        path.strip_prefix(self.0.trim_end_matches('/'))
+            .unwrap_or(path)
     }
 
     /// The prefix as written.

@@ -36,6 +36,7 @@ use crate::router::{ClientInfo, Router};
 use crate::session::{self, SessionRules, SessionTimers};
 use crate::tls::ServerTls;
 use crate::token::TokenKeys;
+use crate::web;
 
 /// Read buffer per connection: small, because most messages are small and
 /// an idle connection should cost little.
@@ -386,6 +387,9 @@ impl Connection {
             name: name.as_str(),
             remote,
             listener: &listener.name,
+            tls: handle.info.tls,
+            connected_at: handle.info.connected_at,
+            provisional: handle.is_provisional(),
         });
         listener.metrics.open.inc();
         listener.metrics.total.inc();
@@ -427,14 +431,16 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let path = &self.listener.config.path;
-        let head = match handshake::read_head(stream, DEFAULT_MAX_REQUEST_HEAD, path).await {
-            Ok(head) => head,
-            Err(e) => {
-                tracing::debug!(error = %e, "no request");
-                return None;
-            }
-        };
+        let config = &self.listener.config;
+        let web = config.web.then(|| &*web::CHAT);
+        let head =
+            match handshake::read_head(stream, DEFAULT_MAX_REQUEST_HEAD, &config.path, web).await {
+                Ok(head) => head,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no request");
+                    return None;
+                }
+            };
         let upgrade = match head {
             Head::Upgrade(upgrade) => upgrade,
             // A health check of a listener at its cap: not healthy, so that
@@ -447,12 +453,20 @@ impl Connection {
                 refuse(&self.shared, stream, &refusal).await;
                 return None;
             }
+            Head::Page(page) => {
+                tracing::debug!(file = page.asset.file, fresh = page.fresh, "chat page file");
+                let _ = handshake::respond_page(stream, &page).await;
+                return None;
+            }
+            Head::Redirect(location) => {
+                let _ = handshake::redirect(stream, &location).await;
+                return None;
+            }
         };
         if matches!(self.address, Accounted::OverLimit) {
             refuse(&self.shared, stream, &admission::address_over_limit()).await;
             return None;
         }
-        let config = &self.listener.config;
         let remote = proxy::client_addr(
             self.peer,
             &upgrade.forwarded,

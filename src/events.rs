@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -26,6 +27,13 @@ pub enum Event<'a> {
         remote: SocketAddr,
         /// Listener name.
         listener: &'a str,
+        /// Whether it came over TLS.
+        tls: bool,
+        /// When the handshake completed (RFC 3339, to the second).
+        #[serde(serialize_with = "rfc3339")]
+        connected_at: SystemTime,
+        /// Whether the name is a provisional Qt name.
+        provisional: bool,
     },
     /// A session ended.
     Disconnect {
@@ -88,6 +96,11 @@ pub enum Event<'a> {
         /// What went wrong.
         msg: &'a str,
     },
+}
+
+/// A time as `GET /clients` writes it: RFC 3339 in UTC, to the second.
+fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_seconds(*time))
 }
 
 impl Event<'_> {
@@ -162,11 +175,17 @@ mod tests {
             name: "a",
             remote,
             listener: "ws",
+            tls: false,
+            connected_at: std::time::UNIX_EPOCH,
+            provisional: false,
         });
         events.publish(&Event::Shutdown);
         let connect = rx.try_recv().expect("the connect event");
         assert!(!connect.last);
-        assert!(connect.json.starts_with(r#"{"type":"connect""#));
+        assert_eq!(
+            &*connect.json,
+            r#"{"type":"connect","name":"a","remote":"127.0.0.1:9","listener":"ws","tls":false,"connected_at":"1970-01-01T00:00:00Z","provisional":false}"#
+        );
         let shutdown = rx.try_recv().expect("the shutdown event");
         assert!(shutdown.last);
         assert_eq!(&*shutdown.json, r#"{"type":"shutdown"}"#);

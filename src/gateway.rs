@@ -222,6 +222,7 @@ impl Server {
                 shutdown: shared.shutdown.clone(),
                 max_body: shared.limits.max_message_size.get(),
                 token: self.config.admin.get_ref().token.as_deref().map(Arc::from),
+                console: self.config.admin.get_ref().console,
             };
             tracing::info!(addr = %local(&tcp), auth = api.token.is_some(), "admin API listening");
             shared.tracker.spawn(admin::serve(tcp, api));

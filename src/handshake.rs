@@ -1,6 +1,7 @@
 //! The HTTP side of a connection, before it becomes a WebSocket: read the
 //! request head (bounded in size; the caller bounds it in time), decide
-//! between upgrade, health check and refusal, and write the response.
+//! between upgrade, health check, the chat page's files and refusal, and
+//! write the response.
 //!
 //! Doing this ourselves, with `httparse`, rather than inside tungstenite's
 //! handshake lets every refusal carry its own status and one-line reason, lets
@@ -12,6 +13,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::config::PathPrefix;
 use crate::proxy::ForwardedHeaders;
+use crate::web::{Asset, Site};
 
 /// Headers read from one request at most.
 const MAX_HEADERS: usize = 64;
@@ -42,6 +44,22 @@ pub enum Head {
     Upgrade(Upgrade),
     /// A request to answer with this status and one-line text, then close.
     Respond(Refusal),
+    /// A file of the listener's page (`web = true`).
+    Page(Page),
+    /// The page's directory asked for without its `/`: where to go instead
+    /// (so that the page's relative links resolve under it).
+    Redirect(String),
+}
+
+/// A file of a listener's page, as asked for.
+#[derive(Debug)]
+pub struct Page {
+    /// The page and its policy.
+    pub site: &'static Site,
+    /// The file.
+    pub asset: &'static Asset,
+    /// The browser already holds these bytes (`If-None-Match`): answer 304.
+    pub fresh: bool,
 }
 
 /// An HTTP answer that ends the connection.
@@ -83,11 +101,13 @@ pub enum ReadError {
     Empty,
 }
 
-/// Reads one request head (at most `max_head` bytes) and classifies it.
+/// Reads one request head (at most `max_head` bytes) and classifies it;
+/// `web` is the page served under `prefix` to requests without an upgrade.
 pub async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     max_head: usize,
     prefix: &PathPrefix,
+    web: Option<&'static Site>,
 ) -> Result<Head, ReadError> {
     let mut buf = Vec::with_capacity(1024);
     loop {
@@ -113,7 +133,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         match request.parse(&buf) {
             Ok(httparse::Status::Partial) => continue,
             Ok(httparse::Status::Complete(len)) => {
-                let head = classify(&request, prefix);
+                let head = classify(&request, prefix, web);
                 return Ok(match head {
                     Head::Upgrade(mut upgrade) => {
                         upgrade.leftover = buf.split_off(len);
@@ -135,7 +155,11 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
-fn classify(request: &httparse::Request<'_, '_>, prefix: &PathPrefix) -> Head {
+fn classify(
+    request: &httparse::Request<'_, '_>,
+    prefix: &PathPrefix,
+    web: Option<&'static Site>,
+) -> Head {
     let target = request.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -171,6 +195,17 @@ fn classify(request: &httparse::Request<'_, '_>, prefix: &PathPrefix) -> Head {
                 prefix.as_str()
             ),
         ));
+    }
+    if !wants_upgrade && let Some(site) = web {
+        let rest = prefix.rest(path);
+        if rest.is_empty() {
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            return Head::Redirect(format!("{path}/{query}"));
+        }
+        if let Some(asset) = rest.strip_prefix('/').and_then(|file| site.find(file)) {
+            let fresh = header("if-none-match").is_some_and(|tags| asset.is_fresh(tags));
+            return Head::Page(Page { site, asset, fresh });
+        }
     }
     if !wants_upgrade || !has_token("connection", "upgrade") {
         return Head::Respond(Refusal::new(
@@ -282,6 +317,42 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     stream.shutdown().await
 }
 
+/// Writes a file of the listener's page (or `304` when the browser's copy
+/// is fresh) and shuts the write side.
+pub async fn respond_page<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    page: &Page,
+) -> std::io::Result<()> {
+    let (status, body) = if page.fresh {
+        ("304 Not Modified", &[][..])
+    } else {
+        ("200 OK", page.asset.body)
+    };
+    let mut response = format!("HTTP/1.1 {status}\r\n");
+    for (name, value) in page.site.headers(page.asset) {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !page.fresh {
+        response.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    response.push_str("Connection: close\r\n\r\n");
+    stream.write_all(response.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.shutdown().await
+}
+
+/// Sends the browser on to `location` (`308`) and shuts the write side.
+pub async fn redirect<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    location: &str,
+) -> std::io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 308 Permanent Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
 /// Writes the `101 Switching Protocols` answer to an upgrade.
 pub async fn accept<S: AsyncWrite + Unpin>(
     stream: &mut S,
@@ -317,7 +388,15 @@ mod tests {
 
     async fn head(raw: &str, prefix: &str) -> Head {
         let mut input = raw.as_bytes();
-        read_head(&mut input, 8192, &prefix.parse().unwrap())
+        read_head(&mut input, 8192, &prefix.parse().unwrap(), None)
+            .await
+            .unwrap()
+    }
+
+    async fn web_head(raw: &str, prefix: &str) -> Head {
+        let mut input = raw.as_bytes();
+        let web = Some(&*crate::web::CHAT);
+        read_head(&mut input, 8192, &prefix.parse().unwrap(), web)
             .await
             .unwrap()
     }
@@ -326,6 +405,9 @@ mod tests {
         match h {
             Head::Respond(r) => r.status,
             Head::Upgrade(_) => 101,
+            Head::Page(p) if p.fresh => 304,
+            Head::Page(_) => 200,
+            Head::Redirect(_) => 308,
         }
     }
 
@@ -357,6 +439,82 @@ mod tests {
         for (raw, prefix, expected) in cases {
             assert_eq!(status(head(&raw, prefix).await), expected, "{raw}");
         }
+    }
+
+    /// With `web`, a browser's GET under the prefix gets the page's files;
+    /// upgrades, other paths and the health check are as without it.
+    #[tokio::test]
+    async fn the_chat_page_is_served_beside_the_endpoint() {
+        let etag = crate::web::CHAT.find("chat.js").map(|a| a.etag()).unwrap();
+        let cases = [
+            ("GET / HTTP/1.1\r\n\r\n".to_owned(), "/", 200),
+            ("GET /index.html HTTP/1.1\r\n\r\n".to_owned(), "/", 200),
+            ("GET /chat.js HTTP/1.1\r\n\r\n".to_owned(), "/", 200),
+            (
+                "GET /chat/chat.css HTTP/1.1\r\n\r\n".to_owned(),
+                "/chat",
+                200,
+            ),
+            ("GET /chat/ HTTP/1.1\r\n\r\n".to_owned(), "/chat", 200),
+            ("GET /chat HTTP/1.1\r\n\r\n".to_owned(), "/chat", 308),
+            ("GET /chat.js HTTP/1.1\r\n\r\n".to_owned(), "/chat", 404),
+            ("GET /nothing.js HTTP/1.1\r\n\r\n".to_owned(), "/", 426),
+            ("GET /healthz HTTP/1.1\r\n\r\n".to_owned(), "/", 200),
+            (
+                format!("GET /chat.js HTTP/1.1\r\nIf-None-Match: {etag}\r\n\r\n"),
+                "/",
+                304,
+            ),
+            (
+                "GET /chat.js HTTP/1.1\r\nIf-None-Match: \"old\"\r\n\r\n".to_owned(),
+                "/",
+                200,
+            ),
+            (format!("GET /?name=a HTTP/1.1\r\n{UPGRADE}\r\n"), "/", 101),
+            ("POST / HTTP/1.1\r\n\r\n".to_owned(), "/", 405),
+        ];
+        for (raw, prefix, expected) in cases {
+            assert_eq!(status(web_head(&raw, prefix).await), expected, "{raw}");
+        }
+        let Head::Redirect(to) = web_head("GET /chat?x=1 HTTP/1.1\r\n\r\n", "/chat").await else {
+            panic!("no redirect")
+        };
+        assert_eq!(to, "/chat/?x=1");
+        let Head::Page(page) = web_head("GET /chat/ HTTP/1.1\r\n\r\n", "/chat/").await else {
+            panic!("no page")
+        };
+        assert_eq!(page.asset.file, "index.html");
+    }
+
+    #[tokio::test]
+    async fn a_page_answer_has_its_type_policy_and_tag() {
+        let Head::Page(page) = web_head("GET /chat.js HTTP/1.1\r\n\r\n", "/").await else {
+            panic!("no page")
+        };
+        let mut out = Vec::new();
+        respond_page(&mut out, &page).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("Content-Type: text/javascript; charset=utf-8\r\n"));
+        assert!(head.contains(&format!("ETag: {}\r\n", page.asset.etag())));
+        assert!(head.contains("Content-Security-Policy: default-src 'none'; script-src 'self';"));
+        assert!(head.contains("X-Content-Type-Options: nosniff\r\n"));
+        assert!(head.contains(&format!("Content-Length: {}\r\n", page.asset.body.len())));
+        assert_eq!(body.as_bytes(), page.asset.body);
+
+        let fresh = format!(
+            "GET /chat.js HTTP/1.1\r\nIf-None-Match: {}\r\n\r\n",
+            page.asset.etag()
+        );
+        let Head::Page(page) = web_head(&fresh, "/").await else {
+            panic!("no page")
+        };
+        let mut out = Vec::new();
+        respond_page(&mut out, &page).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "a 304 has no body");
     }
 
     /// RFC 6455 section 4.2.1 and no body: each refused with 400 and why.
@@ -411,7 +569,7 @@ mod tests {
                 Head::Respond(r) => {
                     assert_eq!((r.status, r.reason.as_str()), (400, reason), "{raw}")
                 }
-                Head::Upgrade(_) => panic!("admitted: {raw}"),
+                other => panic!("not refused ({}): {raw}", status(other)),
             }
         }
         // What is still fine: Content-Length: 0, and HTTP/1.0 outside upgrades.
@@ -428,7 +586,7 @@ mod tests {
         let mut raw = format!("GET / HTTP/1.1\r\n{UPGRADE}Origin: Jos").into_bytes();
         raw.extend_from_slice(b"\xe9\r\n\r\nEARLY");
         let mut input = &raw[..];
-        let Head::Upgrade(u) = read_head(&mut input, 8192, &PathPrefix::default())
+        let Head::Upgrade(u) = read_head(&mut input, 8192, &PathPrefix::default(), None)
             .await
             .unwrap()
         else {

@@ -64,6 +64,7 @@ mod session;
 mod tls;
 pub mod token;
 mod trim;
+mod web;
 
 pub use config::Config;
 pub use gateway::{Roster, Server, StartError, serve};

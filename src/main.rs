@@ -107,6 +107,14 @@ enum AdminAction {
         /// Text to send.
         text: String,
     },
+    /// Disconnect the client(s) named NAME (close code 4001, `kicked: REASON`).
+    Kick {
+        /// Client name.
+        name: String,
+        /// Words for the client, sent in the close frame.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Follow operator events (messages to the server, connects, errors) as JSON lines.
     Events,
 }
@@ -249,6 +257,10 @@ async fn admin_action(operator: &Operator, action: AdminAction) -> Result<ExitCo
         AdminAction::Broadcast { text } => {
             let n = operator.broadcast(&text).await?;
             println!("delivered to {n} session(s)");
+        }
+        AdminAction::Kick { name, reason } => {
+            let n = operator.kick(&name, reason.as_deref()).await?;
+            println!("closed {n} session(s) of {name}");
         }
         AdminAction::Events => {
             operator.events(|json| println!("{json}")).await?;

@@ -6,7 +6,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 
 pub use crate::admin::ClientRow;
-use crate::admin::Delivered;
+use crate::admin::{Closed, Delivered};
 
 /// The rows as `wssgate admin clients` prints them: columns aligned by
 /// display width (a CJK character takes two columns), a header, and the
@@ -127,6 +127,22 @@ impl Operator {
                 Err(OperatorError::NotConnected(name.to_owned()))
             }
             other => Ok(serde_json::from_str::<Delivered>(&other?)?.delivered),
+        }
+    }
+
+    /// `DELETE /clients/{name}?reason=`: how many sessions were told to
+    /// close (4001, `kicked: REASON`).
+    pub async fn kick(&self, name: &str, reason: Option<&str>) -> Result<usize, OperatorError> {
+        let mut path = format!("/clients/{}", utf8_percent_encode(name, NON_ALPHANUMERIC));
+        if let Some(reason) = reason {
+            path.push_str("?reason=");
+            path.extend(utf8_percent_encode(reason, NON_ALPHANUMERIC));
+        }
+        match self.request(reqwest::Method::DELETE, &path, None).await {
+            Err(OperatorError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
+                Err(OperatorError::NotConnected(name.to_owned()))
+            }
+            other => Ok(serde_json::from_str::<Closed>(&other?)?.closed),
         }
     }
 

@@ -109,6 +109,20 @@ impl SessionHandle {
         first
     }
 
+    /// Asks the session to close with 4001 (the operator's kick), with the
+    /// operator's `reason` after `kicked: `; the first order wins.
+    pub fn kick(&self, reason: Option<&str>) -> bool {
+        let first = self.close_order.set_with(Close::Kicked, reason);
+        self.close.cancel();
+        first
+    }
+
+    /// The reason text to close with for `close`: the cause's own words,
+    /// plus the operator's for a kick.
+    pub fn close_reason(&self, close: Close) -> std::borrow::Cow<'static, str> {
+        self.close_order.reason(close)
+    }
+
     /// Queues a frame without waiting. A full queue closes the session as a
     /// slow consumer. Returns true when the frame was queued.
     fn deliver(&self, frame: Message, router: &Router) -> bool {
@@ -525,6 +539,20 @@ impl Router {
         let mut all: Vec<Arc<SessionHandle>> = state.names.values().flatten().cloned().collect();
         all.sort_unstable_by_key(|s| s.id);
         all
+    }
+
+    /// Closes every session named exactly `name` with 4001 and the
+    /// operator's `reason`; how many were told to close.
+    pub fn kick(&self, name: &str, reason: Option<&str>) -> usize {
+        let targets: Vec<Arc<SessionHandle>> = {
+            let state = self.read();
+            state
+                .names
+                .get(name)
+                .map(|v| v.to_vec())
+                .unwrap_or_default()
+        };
+        targets.iter().filter(|s| s.kick(reason)).count()
     }
 
     /// Sends `frame` to every session.

@@ -7,6 +7,7 @@
 //! queue, a tick, a cancellation), and the write phase watches the close
 //! token so that a peer that never reads cannot hold the task.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -206,10 +207,15 @@ pub async fn run<S>(
     let reason = match &end {
         End::ClientClosed => "client closed".to_owned(),
         End::Gone(why) => why.clone(),
-        End::Closed(why) => format!("closed by gateway: {} {}", why.code().code(), why.reason()),
+        End::Closed(why) => format!(
+            "closed by gateway: {} {}",
+            why.code().code(),
+            handle.close_reason(*why)
+        ),
     };
     if let End::Closed(why) = end {
-        close(&mut ws, &rx, why, timers.close_grace).await;
+        let reason = handle.close_reason(why);
+        close(&mut ws, &rx, why, reason, timers.close_grace).await;
     }
     on_end();
     tracing::info!(client = %name, %remote, %reason, "disconnected");
@@ -355,8 +361,9 @@ where
     ws.flush().await
 }
 
-/// Sends what is queued (unless the cause drops it), then the close frame,
-/// and waits for the peer's close reply.
+/// Sends what is queued (unless the cause drops it), then the close frame
+/// (`reason`: the cause's words, and the operator's for a kick), and waits
+/// for the peer's close reply.
 ///
 /// The close frame goes out behind what the socket already holds, the rest
 /// of a frame cut off mid-write included, so it is given the whole `grace`
@@ -364,13 +371,21 @@ where
 /// and then its close code, not a stream that stops mid-frame. A slow
 /// consumer or a silent peer is then given only [`SLOW_CLOSE_TIMEOUT`] for
 /// its reply; others the rest of the grace.
-async fn close<S>(ws: &mut WebSocketStream<S>, rx: &Outbox, why: Close, grace: Duration)
-where
+async fn close<S>(
+    ws: &mut WebSocketStream<S>,
+    rx: &Outbox,
+    why: Close,
+    reason: Cow<'static, str>,
+    grace: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let frame = CloseFrame {
         code: why.code().code().into(),
-        reason: Utf8Bytes::from_static(why.reason()),
+        reason: match reason {
+            Cow::Borrowed(text) => Utf8Bytes::from_static(text),
+            Cow::Owned(text) => Utf8Bytes::from(text),
+        },
     };
     let drain = why.drains_queue();
     let deadline = Instant::now() + grace;

@@ -26,6 +26,8 @@ pub enum CloseCode {
     TryAgainLater,
     /// 4000: a newer session took this name (`on_duplicate = "replace"`).
     Replaced,
+    /// 4001: the operator disconnected this client (`DELETE /clients/{name}`).
+    Kicked,
     /// Any other code.
     Other(u16),
 }
@@ -44,6 +46,7 @@ impl CloseCode {
             CloseCode::Internal => 1011,
             CloseCode::TryAgainLater => 1013,
             CloseCode::Replaced => 4000,
+            CloseCode::Kicked => 4001,
             CloseCode::Other(code) => code,
         }
     }
@@ -61,6 +64,7 @@ impl CloseCode {
             1011 => CloseCode::Internal,
             1013 => CloseCode::TryAgainLater,
             4000 => CloseCode::Replaced,
+            4001 => CloseCode::Kicked,
             other => CloseCode::Other(other),
         }
     }
@@ -78,15 +82,19 @@ impl CloseCode {
             CloseCode::Internal => "internal error",
             CloseCode::TryAgainLater => "slow consumer, try again later",
             CloseCode::Replaced => "replaced by a newer session",
+            CloseCode::Kicked => "disconnected by the operator",
             CloseCode::Other(_) => "",
         }
     }
 
     /// True when reconnecting under the same name and credentials cannot
-    /// help: a newer session took the name, or the gateway's policy refused
-    /// the client.
+    /// help: a newer session took the name, the operator disconnected the
+    /// client, or the gateway's policy refused it.
     pub const fn is_permanent(self) -> bool {
-        matches!(self, CloseCode::Replaced | CloseCode::Policy)
+        matches!(
+            self,
+            CloseCode::Replaced | CloseCode::Kicked | CloseCode::Policy
+        )
     }
 }
 
@@ -109,11 +117,12 @@ mod tests {
     #[test]
     fn numbers_round_trip() {
         for code in [
-            1000, 1001, 1002, 1005, 1007, 1008, 1009, 1011, 1013, 4000, 4999,
+            1000, 1001, 1002, 1005, 1007, 1008, 1009, 1011, 1013, 4000, 4001, 4999,
         ] {
             assert_eq!(CloseCode::from_code(code).code(), code);
         }
         assert_eq!(CloseCode::from_code(4000), CloseCode::Replaced);
+        assert_eq!(CloseCode::from_code(4001), CloseCode::Kicked);
         assert_eq!(CloseCode::from_code(4999), CloseCode::Other(4999));
     }
 
