@@ -222,6 +222,136 @@ async fn send_to_an_unknown_name_is_404() {
 }
 
 #[tokio::test]
+async fn kick_closes_every_session_of_the_name_with_4001_and_the_reason() {
+    let gw = start("[routing]\non_duplicate = \"allow\"\n").await;
+    let mut a1 = connect(&gw, "José").await;
+    let mut a2 = connect(&gw, "José").await;
+    let mut bob = connect(&gw, "bob").await;
+    let mut events = subscribe_events(gw.operator()).await;
+    // A frame queued before the kick still arrives, then the close.
+    assert_eq!(gw.operator().send("José", "last words").await.unwrap(), 2);
+    let response = http()
+        .delete(format!(
+            "{}/clients/Jos%C3%A9?reason=spam%20%26%20more",
+            admin_url(&gw)
+        ))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = serde_json::from_str(&response.text().await.unwrap()).expect("json");
+    assert_eq!(body, json!({"closed": 2}));
+    for ws in [&mut a1, &mut a2] {
+        let (code, reason, frames) = recv_close(ws).await;
+        assert_eq!((code, reason.as_str()), (4001, "kicked: spam & more"));
+        assert_eq!(frames, ["last words"]);
+    }
+    let event = await_event(&mut events, |e| e["type"] == "disconnect").await;
+    assert_eq!(
+        event["reason"], "closed by gateway: 4001 kicked: spam & more",
+        "{event}"
+    );
+    // Bob is untouched.
+    assert_eq!(list(&mut bob).await, ["bob"]);
+
+    // No reason: just `kicked`; through the operator client.
+    assert_eq!(gw.operator().kick("bob", None).await.unwrap(), 1);
+    let (code, reason, _) = recv_close(&mut bob).await;
+    assert_eq!((code, reason.as_str()), (4001, "kicked"));
+
+    // Nobody of that name: 404, as for send.
+    let response = http()
+        .delete(format!("{}/clients/nobody", admin_url(&gw)))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response.text().await.unwrap().trim(),
+        "recipient not connected: nobody"
+    );
+    assert!(matches!(
+        gw.operator().kick("nobody", Some("x")).await,
+        Err(OperatorError::NotConnected(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_long_kick_reason_is_cut_to_fit_a_close_frame() {
+    let gw = start("").await;
+    let mut alice = connect(&gw, "alice").await;
+    let reason = "ü".repeat(200);
+    assert_eq!(gw.operator().kick("alice", Some(&reason)).await.unwrap(), 1);
+    let (code, got, _) = recv_close(&mut alice).await;
+    assert_eq!(code, 4001);
+    assert!(got.len() <= 123, "{} bytes", got.len());
+    assert!(got.starts_with("kicked: üü"), "{got}");
+}
+
+#[tokio::test]
+async fn the_console_is_served_without_a_token_and_holds_no_data() {
+    let gw = start_config(&format!(
+        "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+    ))
+    .await;
+    let _alice = connect(&gw, "alice").await;
+    for (path, kind) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/index.html", "text/html; charset=utf-8"),
+        ("/console.js", "text/javascript; charset=utf-8"),
+        ("/console.css", "text/css; charset=utf-8"),
+    ] {
+        let response = http()
+            .get(format!("{}{path}", admin_url(&gw)))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(header("content-type"), kind, "{path}");
+        assert!(
+            header("content-security-policy").contains("script-src 'self';"),
+            "{path}"
+        );
+        assert!(
+            header("content-security-policy").contains("connect-src 'self';"),
+            "{path}"
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        assert_eq!(header("cache-control"), "no-cache");
+        let etag = header("etag");
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("alice"), "{path} holds no client data");
+        // The browser's copy is fresh: 304, no body.
+        let again = http()
+            .get(format!("{}{path}", admin_url(&gw)))
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(again.status().as_u16(), 304, "{path}");
+    }
+    // The data stays behind the token.
+    assert_eq!(status_with(&gw, "GET", "/clients", None).await, 401);
+
+    // console = false: no page.
+    let off = start_config(
+        "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\nconsole = false\n",
+    )
+    .await;
+    assert_eq!(get(&off, "/").await.0, 404);
+}
+
+#[tokio::test]
 async fn send_to_names_that_need_percent_encoding() {
     let gw = start("").await;
     let names = [
@@ -497,8 +627,9 @@ async fn metrics_are_prometheus_text() {
 // ---------------------------------------------------------------- token
 
 /// Every route behind the token, with a request that would succeed.
-const GUARDED: [(&str, &str); 5] = [
+const GUARDED: [(&str, &str); 6] = [
     ("GET", "/clients"),
+    ("DELETE", "/clients/alice"),
     ("POST", "/broadcast"),
     ("POST", "/send/alice"),
     ("GET", "/events"),
@@ -509,6 +640,7 @@ async fn status_with(gw: &Gateway, method: &str, path: &str, auth: Option<&str>)
     let url = format!("{}{path}", admin_url(gw));
     let mut request = match method {
         "GET" => http().get(url),
+        "DELETE" => http().delete(url),
         _ => http().post(url).body("x"),
     };
     if let Some(auth) = auth {

@@ -464,6 +464,24 @@ async fn admin_commands_with_a_token() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(recv_text(&mut c).await, "by config");
 
+    // Kick, with a reason the client is told.
+    let mut k = try_connect(&gw.ws_url("/?name=k"), None).await.unwrap();
+    list(&mut k).await;
+    let out = gw
+        .admin(&["--token", TOKEN, "kick", "k", "--reason", "enough"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "closed 1 session(s) of k");
+    let (code, reason, _) = recv_close(&mut k).await;
+    assert_eq!((code, reason.as_str()), (4001, "kicked: enough"));
+    let out = gw.admin(&["--token", TOKEN, "kick", "nobody"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("recipient not connected: nobody"),
+        "{}",
+        stderr(&out)
+    );
+
     gw.signal("-TERM");
     assert_eq!(recv_close(&mut c).await.0, 1001);
     drain(&mut c).await;
