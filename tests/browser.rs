@@ -296,6 +296,13 @@ async fn the_console_logs_in_shows_clients_live_sends_broadcasts_and_kicks() {
             "1 client counted",
         )
         .await;
+    // No error yet: counted as 0 (the family is absent from /metrics).
+    console
+        .wait_for(
+            "document.querySelector('[data-counter=errors]').textContent.trim() === '0'",
+            "0 errors counted",
+        )
+        .await;
 
     // What the client says to the server reaches the console's log.
     chat.enter("#input", "hello operator").await;
@@ -368,6 +375,53 @@ async fn the_console_logs_in_shows_clients_live_sends_broadcasts_and_kicks() {
     assert_no_csp_violations(&chat, "chat").await;
     browser.close().await;
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_chat_page_reconnects_after_the_gateway_comes_back() {
+    let Some(chromium) = chromium_binary() else {
+        return;
+    };
+    let first = chat_gateway("").await;
+    let addr = first.ws;
+    let browser = Browser::launch(&chromium, |_| {}).await;
+    let page = browser.open(&format!("http://{addr}/")).await;
+    join_chat(&page, "fay").await;
+    page.enter("#input", "/join #back").await;
+    room_barrier(&page, "#back", 1).await;
+
+    first.stop().await;
+    let status = page
+        .wait_for_text("#status", "1001 gateway shutting down")
+        .await;
+    page.wait_for(
+        "document.querySelector('#status').dataset.state === 'reconnecting'",
+        "the page to wait before reconnecting",
+    )
+    .await;
+    assert!(status.contains("reconnecting"), "{status}");
+
+    // The same address again: the page comes back by itself, rooms too.
+    let second = start_config(&format!(
+        "[[listener]]\nname = \"ws\"\nbind = \"{addr}\"\nweb = true\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n"
+    ))
+    .await;
+    page.wait_for(
+        "document.querySelector('#status').dataset.state === 'open'",
+        "the page to reconnect",
+    )
+    .await;
+    let mut probe = common::connect(&second, "probe").await;
+    send_json(
+        &mut probe,
+        &json!({"type": "list", "room": "#back", "id": 1}),
+    )
+    .await;
+    let reply = recv_json(&mut probe).await;
+    assert_eq!(reply["names"], json!(["fay"]), "{reply}");
+    browser.close().await;
+    second.stop().await;
 }
 
 /// The NSS tool that puts a CA into a user's certificate database, or

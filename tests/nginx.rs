@@ -9,13 +9,18 @@
 //! - TLS termination: clients speak wss to nginx, which proxies /chat to the
 //!   ws listener; private messages route, and `/clients` shows the address
 //!   nginx saw, not nginx's connection, and not what a client forged.
+//! - The chat page through that nginx, in headless Chromium that trusts the
+//!   dev CA in its NSS database (`certutil`, Debian's `libnss3-tools`): two
+//!   pages talk privately, and `allowed_origins` refuses another origin.
 //! - TLS passthrough: nginx `stream` with `proxy_protocol on` in front of the
 //!   wss listener; the handshake completes end to end with the dev CA and
 //!   `/clients` shows the client's own socket address from the PROXY header.
 //!
-//! Without nginx these tests print that they are skipped; with `CI=true`
-//! they fail instead (`.ci/run` installs nginx).
+//! Without nginx (or Chromium, or certutil) these tests print that they are
+//! skipped; with `CI=true` they fail instead (`.ci/run` installs them).
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 #[path = "common/proxied.rs"]
 mod proxied;
@@ -24,6 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use browser::{Browser, Page, chromium_binary};
 use common::*;
 use proxied::*;
 use tempfile::TempDir;
@@ -133,6 +139,10 @@ struct Nginx {
 /// listening sockets are open: from then on connections are accepted.
 const READY: &str = "getrlimit(RLIMIT_NOFILE)";
 
+/// nginx could not listen on the port it was given: another process took
+/// it after it was chosen.
+struct PortTaken;
+
 impl Nginx {
     /// Starts nginx in `dir` with the config `conf(port)` on a free
     /// loopback port, and waits for its start-up notice. A port taken
@@ -140,53 +150,63 @@ impl Nginx {
     async fn start(binary: &Path, dir: &Path, conf: impl Fn(u16) -> String) -> Nginx {
         for _attempt in 0..5 {
             let port = free_port();
-            let file = dir.join("nginx.conf");
-            std::fs::write(&file, conf(port)).unwrap();
-            let mut child = Command::new(binary)
-                .arg("-e")
-                .arg("stderr")
-                .arg("-p")
-                .arg(dir)
-                .arg("-c")
-                .arg(&file)
-                .args(["-g", "daemon off; master_process off;"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("nginx starts");
-            let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-            let mut seen = Vec::new();
-            let ready = loop {
-                let line = tokio::time::timeout(WAIT, stderr.next_line())
-                    .await
-                    .unwrap_or_else(|_| panic!("nginx start-up notice in time; so far: {seen:#?}"))
-                    .expect("read nginx stderr");
-                match line {
-                    Some(line) if line.contains(READY) => break true,
-                    Some(line) => seen.push(line),
-                    None => break false,
-                }
-            };
-            if ready {
-                tokio::spawn(echo(stderr));
-                return Nginx {
-                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                    _child: child,
-                };
+            match Nginx::start_on(binary, dir, port, &conf(port)).await {
+                Ok(nginx) => return nginx,
+                Err(PortTaken) => eprintln!("nginx: port {port} was taken; trying another"),
             }
-            let status = child.wait().await.expect("nginx exit status");
-            if seen.iter().any(|l| l.contains("Address already in use")) {
-                eprintln!("nginx: port {port} was taken; trying another");
-                continue;
-            }
-            panic!(
-                "nginx exited ({status}) before it was ready:\n{}",
-                seen.join("\n")
-            );
         }
         panic!("nginx found no free port in 5 attempts");
+    }
+
+    /// Starts nginx in `dir` with the config `conf`, which listens on
+    /// `port` (chosen by the caller, e.g. because another config names it),
+    /// and waits for its start-up notice; `PortTaken` when that port is in
+    /// use, so that the caller can choose another.
+    async fn start_on(binary: &Path, dir: &Path, port: u16, conf: &str) -> Result<Nginx, PortTaken> {
+        let file = dir.join("nginx.conf");
+        std::fs::write(&file, conf).unwrap();
+        let mut child = Command::new(binary)
+            .arg("-e")
+            .arg("stderr")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&file)
+            .args(["-g", "daemon off; master_process off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nginx starts");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut seen = Vec::new();
+        let ready = loop {
+            let line = tokio::time::timeout(WAIT, stderr.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("nginx start-up notice in time; so far: {seen:#?}"))
+                .expect("read nginx stderr");
+            match line {
+                Some(line) if line.contains(READY) => break true,
+                Some(line) => seen.push(line),
+                None => break false,
+            }
+        };
+        if ready {
+            tokio::spawn(echo(stderr));
+            return Ok(Nginx {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                _child: child,
+            });
+        }
+        let status = child.wait().await.expect("nginx exit status");
+        if seen.iter().any(|l| l.contains("Address already in use")) {
+            return Err(PortTaken);
+        }
+        panic!(
+            "nginx exited ({status}) before it was ready:\n{}",
+            seen.join("\n")
+        );
     }
 }
 
@@ -214,17 +234,60 @@ fn main_context(dir: &Path, load_module: &str) -> String {
     )
 }
 
+/// The whole nginx config of `config/nginx-tls-termination.conf` (its text
+/// `site`, read from `file`) on `127.0.0.1:port`, with the dev certificate
+/// of `dir/certs` and the gateway's ws listener at `ws_addr` upstream.
+fn termination_conf(file: &Path, site: &str, dir: &Path, port: u16, ws_addr: SocketAddr) -> String {
+    let site = substitute(
+        file,
+        site,
+        &[
+            ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
+            ("listen [::]:443 ssl;", String::new()),
+            (
+                "access_log /var/log/nginx/access.log wssgate_no_query;",
+                "access_log off;".to_owned(),
+            ),
+            (
+                "/etc/letsencrypt/live/chat.example.com/fullchain.pem",
+                dir.join("certs/server.pem").display().to_string(),
+            ),
+            (
+                "/etc/letsencrypt/live/chat.example.com/privkey.pem",
+                dir.join("certs/server-key.pem").display().to_string(),
+            ),
+            ("server 127.0.0.1:8080;", format!("server {ws_addr};")),
+        ],
+    );
+    let t = dir.display();
+    format!(
+        "{}http {{\n    access_log off;\n    client_body_temp_path {t}/client_body;\n    \
+         proxy_temp_path {t}/proxy;\n    fastcgi_temp_path {t}/fastcgi;\n    \
+         uwsgi_temp_path {t}/uwsgi;\n    scgi_temp_path {t}/scgi;\n\n{site}\n}}\n",
+        main_context(dir, "")
+    )
+}
+
 // ---------------------------------------------------------------- gateway
 
+/// The shipped `allowed_origins` of the ws listener.
+const SHIPPED_ORIGINS: &str = "allowed_origins = [\"https://chat.example.com\"]";
+
 /// The gateway of `config/gateway-behind-nginx.toml`, on port 0, with its
-/// `dev_certs` made in `dir/certs` (the dev CA is `dir/certs/ca.pem`).
-async fn gateway(dir: &Path) -> Gateway {
+/// `dev_certs` made in `dir/certs` (the dev CA is `dir/certs/ca.pem`); with
+/// `origin`, the ws listener allows that origin instead of the shipped one.
+async fn gateway(dir: &Path, origin: Option<&str>) -> Gateway {
     let (file, text) = shipped("gateway-behind-nginx.toml");
     let certs = dir.join("certs");
+    let origins = match origin {
+        Some(origin) => format!("allowed_origins = [{origin:?}]"),
+        None => SHIPPED_ORIGINS.to_owned(),
+    };
     let text = substitute(
         &file,
         &text,
         &[
+            (SHIPPED_ORIGINS, origins),
             ("bind = \"127.0.0.1:8080\"", "bind = \"127.0.0.1:0\"".into()),
             ("bind = \"127.0.0.1:8443\"", "bind = \"127.0.0.1:0\"".into()),
             ("bind = \"127.0.0.1:9090\"", "bind = \"127.0.0.1:0\"".into()),
@@ -277,41 +340,13 @@ async fn library_client(url: String, name: &str, ca: &Path, dir: &Path) -> Clien
 async fn nginx_terminates_tls_and_the_gateway_sees_the_client_address() {
     let Some(binary) = nginx_binary() else { return };
     let dir = TempDir::new().unwrap();
-    let gw = gateway(dir.path()).await;
+    let gw = gateway(dir.path(), None).await;
     let ws_addr = listener(&gw, "ws");
     let ca = dir.path().join("certs").join("ca.pem");
 
     let (file, site) = shipped("nginx-tls-termination.conf");
-    let d = dir.path().to_owned();
-    let nginx = Nginx::start(&binary, &d, |port| {
-        let site = substitute(
-            &file,
-            &site,
-            &[
-                ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
-                ("listen [::]:443 ssl;", String::new()),
-                (
-                    "access_log /var/log/nginx/access.log wssgate_no_query;",
-                    "access_log off;".to_owned(),
-                ),
-                (
-                    "/etc/letsencrypt/live/chat.example.com/fullchain.pem",
-                    d.join("certs/server.pem").display().to_string(),
-                ),
-                (
-                    "/etc/letsencrypt/live/chat.example.com/privkey.pem",
-                    d.join("certs/server-key.pem").display().to_string(),
-                ),
-                ("server 127.0.0.1:8080;", format!("server {ws_addr};")),
-            ],
-        );
-        let t = d.display();
-        format!(
-            "{}http {{\n    access_log off;\n    client_body_temp_path {t}/client_body;\n    \
-             proxy_temp_path {t}/proxy;\n    fastcgi_temp_path {t}/fastcgi;\n    \
-             uwsgi_temp_path {t}/uwsgi;\n    scgi_temp_path {t}/scgi;\n\n{site}\n}}\n",
-            main_context(&d, "")
-        )
+    let nginx = Nginx::start(&binary, dir.path(), |port| {
+        termination_conf(&file, &site, dir.path(), port, ws_addr)
     })
     .await;
     let base = format!("wss://localhost:{}", nginx.addr.port());
@@ -374,7 +409,7 @@ async fn nginx_passes_tls_through_with_a_proxy_protocol_header() {
         return;
     };
     let dir = TempDir::new().unwrap();
-    let gw = gateway(dir.path()).await;
+    let gw = gateway(dir.path(), None).await;
     let wss_addr = listener(&gw, "wss");
     let ca = dir.path().join("certs").join("ca.pem");
 

@@ -862,11 +862,17 @@
     return labels;
   }
 
-  /** Sum of a series over its labels; 0 for a declared family without samples, null if unknown. */
+  /**
+   * Sum of a series over its labels. The gateway leaves a labelled family
+   * out of /metrics until its first sample (no errors yet: no
+   * wssgate_errors_total at all), so a family missing from an answer that
+   * has other samples counts 0; null only when the answer had no samples.
+   */
   function total(metrics, sample, family) {
     const list = metrics.samples.get(sample);
     if (list) return list.reduce((sum, s) => sum + s.value, 0);
-    return metrics.families.has(family) || metrics.families.has(sample) ? 0 : null;
+    const known = metrics.families.has(family) || metrics.families.has(sample);
+    return known || metrics.samples.size > 0 ? 0 : null;
   }
 
   function formatCount(v) {
