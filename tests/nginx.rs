@@ -32,11 +32,13 @@ use std::process::Stdio;
 use browser::{Browser, Page, chromium_binary};
 use common::*;
 use proxied::*;
+use serde_json::json;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStderr, Command};
-use wssgate_client::connect::{ClientStream, ConnectOptions, connect};
+use tokio_tungstenite::tungstenite;
+use wssgate_client::connect::{ClientStream, ConnectError, ConnectOptions, connect};
 use wssgate_client::tls::{ClientTls, ServerTrust};
 
 /// Where the shipped files are.
@@ -162,7 +164,12 @@ impl Nginx {
     /// `port` (chosen by the caller, e.g. because another config names it),
     /// and waits for its start-up notice; `PortTaken` when that port is in
     /// use, so that the caller can choose another.
-    async fn start_on(binary: &Path, dir: &Path, port: u16, conf: &str) -> Result<Nginx, PortTaken> {
+    async fn start_on(
+        binary: &Path,
+        dir: &Path,
+        port: u16,
+        conf: &str,
+    ) -> Result<Nginx, PortTaken> {
         let file = dir.join("nginx.conf");
         std::fs::write(&file, conf).unwrap();
         let mut child = Command::new(binary)
@@ -270,12 +277,14 @@ fn termination_conf(file: &Path, site: &str, dir: &Path, port: u16, ws_addr: Soc
 
 // ---------------------------------------------------------------- gateway
 
-/// The shipped `allowed_origins` of the ws listener.
-const SHIPPED_ORIGINS: &str = "allowed_origins = [\"https://chat.example.com\"]";
+/// The shipped `allowed_origins` of the ws listener: commented out, since
+/// that listener also serves clients that name themselves in `Origin`.
+const SHIPPED_ORIGINS: &str = "# allowed_origins = [\"https://chat.example.com\"]";
 
 /// The gateway of `config/gateway-behind-nginx.toml`, on port 0, with its
 /// `dev_certs` made in `dir/certs` (the dev CA is `dir/certs/ca.pem`); with
-/// `origin`, the ws listener allows that origin instead of the shipped one.
+/// `origin`, the ws listener's `allowed_origins` is switched on with that
+/// origin (a listener only browsers use, as the file's comment says).
 async fn gateway(dir: &Path, origin: Option<&str>) -> Gateway {
     let (file, text) = shipped("gateway-behind-nginx.toml");
     let certs = dir.join("certs");
@@ -317,6 +326,18 @@ fn listener(gw: &Gateway, name: &str) -> SocketAddr {
 /// A client through the library (name in `Origin`, as the Qt example and
 /// `wssgate-client` do), trusting only the dev CA.
 async fn library_client(url: String, name: &str, ca: &Path, dir: &Path) -> ClientStream {
+    library_connect(url, name, ca, dir)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// [`library_client`]'s attempt, refusals included.
+async fn library_connect(
+    url: String,
+    name: &str,
+    ca: &Path,
+    dir: &Path,
+) -> Result<ClientStream, ConnectError> {
     let opts = ConnectOptions {
         url,
         name: name.to_owned(),
@@ -329,9 +350,23 @@ async fn library_client(url: String, name: &str, ca: &Path, dir: &Path) -> Clien
     };
     let (ws, _) = tokio::time::timeout(WAIT, connect(&opts))
         .await
-        .expect("connect in time")
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    ws
+        .expect("connect in time")?;
+    Ok(ws)
+}
+
+/// A WebSocket upgrade of `url` over TLS to nginx at `addr` (trusting only
+/// the dev CA `ca`), from 127.0.0.1, with extra request headers.
+async fn wss_via(
+    addr: SocketAddr,
+    url: &str,
+    ca: &Path,
+    headers: &[(&str, &str)],
+) -> Result<ClientStream, tungstenite::Error> {
+    let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect to nginx in time")
+        .expect("connect to nginx");
+    upgrade(tls_over(tcp, ca).await, url, headers).await
 }
 
 // ------------------------------------------------------------------ tests
@@ -351,9 +386,14 @@ async fn nginx_terminates_tls_and_the_gateway_sees_the_client_address() {
     .await;
     let base = format!("wss://localhost:{}", nginx.addr.port());
 
-    // Two clients of the library, wss to nginx, ws from nginx to the gateway.
-    let mut alice = library_client(format!("{base}/chat"), "alice", &ca, dir.path()).await;
-    let mut bob = library_client(format!("{base}/chat/room"), "bob", &ca, dir.path()).await;
+    // Two clients named by ?name= that send no Origin, wss to nginx, ws
+    // from nginx to the gateway.
+    let mut alice = wss_via(nginx.addr, &format!("{base}/chat?name=alice"), &ca, &[])
+        .await
+        .expect("alice through nginx");
+    let mut bob = wss_via(nginx.addr, &format!("{base}/chat/room?name=bob"), &ca, &[])
+        .await
+        .expect("bob through nginx");
     deliver_to(&mut alice, "alice", &mut bob, "bob").await;
     deliver_to(&mut bob, "bob", &mut alice, "alice").await;
 
@@ -373,7 +413,7 @@ async fn nginx_terminates_tls_and_the_gateway_sees_the_client_address() {
     .expect("carol through nginx");
     assert_eq!(list_names(&mut carol).await, ["alice", "bob", "carol"]);
 
-    // The gateway saw what nginx saw: 127.0.0.1 for the library's clients
+    // The gateway saw what nginx saw: 127.0.0.1 for alice and bob
     // and 127.0.0.2 for carol (X-Forwarded-For carries no port, hence 0),
     // not nginx's own connection (127.0.0.1 with a real port), and none of
     // carol's forged addresses.
@@ -384,12 +424,20 @@ async fn nginx_terminates_tls_and_the_gateway_sees_the_client_address() {
     assert_eq!(seen["carol"], row("127.0.0.2:0"), "{seen:?}");
     deliver_to(&mut carol, "carol", &mut alice, "alice").await;
 
-    // Plain HTTPS through nginx gets the gateway's own answers.
+    // Without allowed_origins a name in Origin still names a client here.
+    let dave = library_client(format!("{base}/chat"), "dave", &ca, dir.path()).await;
+    drop(dave);
+
+    // Plain HTTPS through nginx gets the gateway's own answers: the chat
+    // page's redirect for /chat (the page itself: the browser test below),
+    // 426 elsewhere under /chat.
     let https =
         |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let tls = tls_over(TcpStream::connect(nginx.addr).await.unwrap(), &ca).await;
+    assert_eq!(http_over(tls, &https("/chat")).await, (308, String::new()));
+    let tls = tls_over(TcpStream::connect(nginx.addr).await.unwrap(), &ca).await;
     assert_eq!(
-        http_over(tls, &https("/chat")).await,
+        http_over(tls, &https("/chat/room")).await,
         (
             426,
             "this is a WebSocket endpoint: connect with a WebSocket client\n".to_owned()
@@ -483,6 +531,171 @@ async fn nginx_passes_tls_through_with_a_proxy_protocol_header() {
             .is_err()
     );
     assert_eq!(clients(&gw).await.len(), 2);
+}
+
+// ------------------------------------------------------------ chat page
+
+/// The NSS tool that puts a CA into a user's certificate database, or
+/// `None` (skip) when it is missing; panics in CI.
+fn certutil() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|dir| dir.join("certutil"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        skip("certutil is not installed (Debian: apt-get install libnss3-tools)");
+    }
+    found
+}
+
+/// Trusts `ca` in the NSS database under `home`, as a user does with
+/// `certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n NAME -i ca.pem`.
+fn trust_in_nss(certutil: &Path, home: &Path, ca: &Path) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).expect("nssdb directory");
+    let db = format!("sql:{}", db.display());
+    let ca = ca.to_str().expect("utf-8 path");
+    for args in [
+        &["-N", "-d", &db, "--empty-password"][..],
+        &[
+            "-A",
+            "-d",
+            &db,
+            "-t",
+            "C,,",
+            "-n",
+            "wssgate development CA",
+            "-i",
+            ca,
+        ],
+    ] {
+        let status = std::process::Command::new(certutil)
+            .args(args)
+            .status()
+            .expect("certutil runs");
+        assert!(status.success(), "certutil {args:?}");
+    }
+}
+
+/// Types `name` into the chat page, connects, and waits for the page to
+/// say it is connected.
+async fn join_chat(page: &Page<'_>, name: &str) {
+    page.fill("#name", name).await;
+    page.click("#connect").await;
+    page.wait_for(
+        "document.querySelector('#status').dataset.state === 'open'",
+        &format!("{name} connected"),
+    )
+    .await;
+    let status = page.text("#status").await;
+    assert!(status.contains(&format!("connected as {name}")), "{status}");
+}
+
+/// The selector of private messages from `from` in a chat page's log.
+fn private_from(from: &str) -> String {
+    format!("#log li[data-kind=private][data-from={}]", json!(from))
+}
+
+#[tokio::test]
+async fn the_chat_page_through_nginx_talks_privately_and_only_its_origin_is_allowed() {
+    let Some(binary) = nginx_binary() else { return };
+    let Some(chromium) = chromium_binary() else {
+        return;
+    };
+    let Some(certutil) = certutil() else { return };
+    let dir = TempDir::new().unwrap();
+    let (file, site) = shipped("nginx-tls-termination.conf");
+
+    // The page's origin is nginx's, port included, and the gateway must
+    // list it before it starts: nginx's port is chosen first (and chosen
+    // again, with a new gateway, if something takes it meanwhile).
+    let mut started = None;
+    for _attempt in 0..5 {
+        let port = free_port();
+        let origin = format!("https://localhost:{port}");
+        let gw = gateway(dir.path(), Some(&origin)).await;
+        let conf = termination_conf(&file, &site, dir.path(), port, listener(&gw, "ws"));
+        match Nginx::start_on(&binary, dir.path(), port, &conf).await {
+            Ok(nginx) => {
+                started = Some((gw, nginx, origin));
+                break;
+            }
+            Err(PortTaken) => {
+                eprintln!("nginx: port {port} was taken; trying another");
+                gw.stop().await;
+            }
+        }
+    }
+    let (gw, nginx, origin) = started.expect("nginx found a free port in 5 attempts");
+    let ca = dir.path().join("certs").join("ca.pem");
+
+    // The browser trusts the dev CA as a user would: in its NSS database.
+    let browser = Browser::launch(&chromium, |home| trust_in_nss(&certutil, home, &ca)).await;
+    let page_url = format!("{origin}/chat/");
+    let ann = browser.open(&format!("{origin}/chat")).await;
+    assert_eq!(
+        ann.eval("location.href").await,
+        page_url.as_str(),
+        "redirected"
+    );
+    assert_eq!(ann.eval("location.origin").await, origin.as_str());
+    let ben = browser.open(&format!("{origin}/chat")).await;
+    assert_eq!(
+        ben.eval("location.href").await,
+        page_url.as_str(),
+        "redirected"
+    );
+    join_chat(&ann, "ann").await;
+    join_chat(&ben, "ben").await;
+
+    ann.enter("#input", "@ben hello ben, via nginx").await;
+    ben.wait_for_text(&private_from("ann"), "hello ben, via nginx")
+        .await;
+    ben.enter("#input", "@ann hello ann").await;
+    ann.wait_for_text(&private_from("ben"), "hello ann").await;
+
+    // Both pages came through nginx: the address it saw (127.0.0.1, from
+    // X-Forwarded-For, hence port 0) on the ws listener, nginx's plain side.
+    let seen = clients(&gw).await;
+    let row = ("127.0.0.1:0".to_owned(), "ws".to_owned(), false);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen["ann"], row, "{seen:?}");
+    assert_eq!(seen["ben"], row, "{seen:?}");
+
+    // allowed_origins is in force: another site's page is refused, through
+    // nginx (which passes Origin on), and the page's own origin admitted.
+    let url = |name: &str| format!("wss://localhost:{}/chat/?name={name}", nginx.addr.port());
+    let evil = wss_via(
+        nginx.addr,
+        &url("mallory"),
+        &ca,
+        &[("Origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(
+        refusal(evil),
+        (403, "origin not allowed: https://evil.example\n".to_owned())
+    );
+    let mut cleo = wss_via(
+        nginx.addr,
+        &url("cleo"),
+        &ca,
+        &[("Origin", origin.as_str())],
+    )
+    .await
+    .expect("the page's own origin is allowed");
+    assert_eq!(list_names(&mut cleo).await, ["ann", "ben", "cleo"]);
+
+    for (page, name) in [(&ann, "ann"), (&ben, "ben")] {
+        let violations = page.csp_violations().await;
+        assert!(
+            violations.is_empty(),
+            "{name}: CSP violations {violations:?}"
+        );
+    }
+    browser.close().await;
+    gw.stop().await;
 }
 
 // ----------------------------------------------------------- systemd unit

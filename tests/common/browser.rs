@@ -177,7 +177,9 @@ impl Browser {
             .send(Message::text(request.to_string()))
             .await
             .map_err(|e| format!("DevTools connection: {e}"))?;
-        tokio::time::timeout(BROWSER_WAIT, rx)
+        // Longer than a page condition may take (`wait_for`), so that a
+        // condition that never held fails with its own message.
+        tokio::time::timeout(BROWSER_WAIT + Duration::from_secs(10), rx)
             .await
             .map_err(|_| format!("{method}: no answer from the browser"))?
             .map_err(|_| format!("{method}: the browser went away"))?
