@@ -23,9 +23,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::events::Events;
 use crate::metrics::{Metrics, RouteKind};
-use crate::router::Router;
+use crate::router::{Router, SessionHandle};
 use crate::web::{self, Asset};
 
 /// Interval of SSE keep-alive comments, so proxies keep the stream open.
@@ -49,6 +50,8 @@ pub(crate) struct Api {
     pub(crate) token: Option<Arc<str>>,
     /// Serve the operator console at `/`.
     pub(crate) console: bool,
+    /// The cluster, with `[cluster]`: the routes reach every node.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// One connected client as `GET /clients` reports it (the admin API writes
@@ -68,13 +71,42 @@ pub struct ClientRow {
     /// Whether its name is a provisional Qt name.
     #[serde(default)]
     pub provisional: bool,
+    /// The cluster node it is connected to (only with `[cluster]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl ClientRow {
+    /// The row of a session here (`node`: this node's id in a cluster).
+    pub(crate) fn of(s: &SessionHandle, node: Option<&str>) -> ClientRow {
+        ClientRow {
+            name: s.name().to_string(),
+            remote: s.info.remote.to_string(),
+            listener: s.info.listener.to_string(),
+            tls: s.info.tls,
+            connected_at: humantime::format_rfc3339_seconds(s.info.connected_at).to_string(),
+            provisional: s.is_provisional(),
+            node: node.map(str::to_owned),
+        }
+    }
 }
 
 /// The answer to `POST /send/{name}` and `POST /broadcast`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Delivered {
-    /// Sessions the message was queued for.
+    /// Sessions the message was queued for on this node.
     pub(crate) delivered: usize,
+    /// Other cluster nodes that took it (only with `[cluster]`): each
+    /// delivers to its own sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) nodes: Option<usize>,
+}
+
+impl Delivered {
+    /// Sessions here plus other nodes: how many places took the message.
+    pub(crate) fn reached(&self) -> usize {
+        self.delivered + self.nodes.unwrap_or(0)
+    }
 }
 
 /// The answer to `DELETE /clients/{name}`.
@@ -159,21 +191,30 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn clients(State(state): State<Arc<Api>>) -> Json<Vec<ClientRow>> {
+async fn clients(State(state): State<Arc<Api>>) -> Response {
+    let node = state.cluster.as_ref().map(|c| c.node());
     let rows = state
         .router
         .sessions()
         .iter()
-        .map(|s| ClientRow {
-            name: s.name().to_string(),
-            remote: s.info.remote.to_string(),
-            listener: s.info.listener.to_string(),
-            tls: s.info.tls,
-            connected_at: humantime::format_rfc3339_seconds(s.info.connected_at).to_string(),
-            provisional: s.is_provisional(),
-        })
-        .collect();
-    Json(rows)
+        .map(|s| ClientRow::of(s, node))
+        .collect::<Vec<_>>();
+    let Some(cluster) = &state.cluster else {
+        return Json(rows).into_response();
+    };
+    match cluster.remote_clients().await {
+        Ok(remote) => {
+            let mut rows = rows;
+            rows.extend(remote);
+            Json(rows).into_response()
+        }
+        // This node's clients, and a header saying the rest is missing.
+        Err(e) => (
+            [("x-wssgate-cluster", format!("unavailable: {e}"))],
+            Json(rows),
+        )
+            .into_response(),
+    }
 }
 
 /// A file of the console, or 304 when the browser's copy is fresh.
@@ -194,13 +235,30 @@ fn console_file(asset: &'static Asset, request: &HeaderMap) -> Response {
     }
 }
 
+/// The answer when the part of a request for other nodes failed.
+fn cluster_unavailable(delivered: usize, what: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({"delivered": delivered, "cluster": "unavailable", "error": what})),
+    )
+        .into_response()
+}
+
 async fn kick(
     State(state): State<Arc<Api>>,
     Path(name): Path<String>,
     Query(query): Query<KickQuery>,
 ) -> Response {
     let reason = query.reason.as_deref();
-    let closed = state.router.kick(&name, reason);
+    let mut closed = state.router.kick(&name, reason);
+    if closed == 0
+        && let Some(cluster) = &state.cluster
+    {
+        match cluster.kick(&name, reason).await {
+            Ok(nodes) => closed = nodes,
+            Err(e) => return cluster_unavailable(0, &e),
+        }
+    }
     if closed == 0 {
         return (
             StatusCode::NOT_FOUND,
@@ -212,18 +270,34 @@ async fn kick(
     Json(Closed { closed }).into_response()
 }
 
-async fn broadcast(State(state): State<Arc<Api>>, body: String) -> Json<Delivered> {
+async fn broadcast(State(state): State<Arc<Api>>, body: String) -> Response {
     let router = &state.router;
-    let delivered = router.broadcast(Message::text(body)).queued;
+    let delivered = router.broadcast(Message::text(body.clone())).queued;
     router.metrics().routed(RouteKind::broadcast).inc();
-    tracing::info!(delivered, "operator broadcast");
-    Json(Delivered { delivered })
+    let mut nodes = None;
+    if let Some(cluster) = &state.cluster {
+        match cluster.broadcast(&body).await {
+            Ok(n) => nodes = Some(n),
+            Err(e) => return cluster_unavailable(delivered, &e),
+        }
+    }
+    tracing::info!(delivered, ?nodes, "operator broadcast");
+    Json(Delivered { delivered, nodes }).into_response()
 }
 
 async fn send(State(state): State<Arc<Api>>, Path(name): Path<String>, body: String) -> Response {
     let router = &state.router;
-    let delivery = router.send_to_name(&name, || Message::text(body));
-    if delivery.targets == 0 {
+    let delivery = router.send_to_name(&name, || Message::text(body.clone()));
+    let mut nodes = None;
+    if delivery.targets == 0
+        && let Some(cluster) = &state.cluster
+    {
+        match cluster.send(&name, &body).await {
+            Ok(n) => nodes = Some(n).filter(|&n| n > 0),
+            Err(e) => return cluster_unavailable(0, &e),
+        }
+    }
+    if delivery.targets == 0 && nodes.is_none() {
         return (
             StatusCode::NOT_FOUND,
             format!("recipient not connected: {name}\n"),
@@ -232,8 +306,8 @@ async fn send(State(state): State<Arc<Api>>, Path(name): Path<String>, body: Str
     }
     let delivered = delivery.queued;
     router.metrics().routed(RouteKind::send).inc();
-    tracing::info!(client = %name, delivered, "operator message");
-    Json(Delivered { delivered }).into_response()
+    tracing::info!(client = %name, delivered, ?nodes, "operator message");
+    Json(Delivered { delivered, nodes }).into_response()
 }
 
 async fn events(
@@ -275,11 +349,17 @@ async fn events(
     Sse::new(subscribed.chain(stream)).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
 }
 
+/// 200 while serving: this node's clients are served whatever Redis does,
+/// and the body says how the cluster is (`cluster: up` or `cluster: down`).
 async fn healthz(State(state): State<Arc<Api>>) -> (StatusCode, &'static str) {
     if state.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else {
-        (StatusCode::OK, "ok\n")
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    match &state.cluster {
+        None => (StatusCode::OK, "ok\n"),
+        Some(c) if c.is_up() => (StatusCode::OK, "ok\ncluster: up\n"),
+        Some(c) if c.is_settling() => (StatusCode::OK, "ok\ncluster: recovering\n"),
+        Some(_) => (StatusCode::OK, "ok\ncluster: down\n"),
     }
 }
 

@@ -82,6 +82,99 @@ pub struct Config {
     /// How `identity = "token"` listeners verify client tokens.
     #[serde(default = "unspanned")]
     pub auth: Spanned<AuthConfig>,
+    /// Several nodes over Redis; absent: one node, as without it.
+    #[serde(default)]
+    pub cluster: Option<Spanned<ClusterConfig>>,
+}
+
+/// The `[cluster]` table: nodes that share names, rooms and presence over
+/// Redis (the gateway's `cluster` module).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host:port/db`, `rediss://` (TLS) or
+    /// `unix:///path/to/redis.sock`.
+    pub redis: String,
+    /// An environment variable holding the Redis password (instead of
+    /// putting it in the URL).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// This node's id; default: host name, process id and a random suffix,
+    /// new at every start (a restarted node never inherits a dead one's lease).
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// A node silent this long is dead: its names are freed and its
+    /// clients announced as gone.
+    #[serde(default = "default_cluster_lease")]
+    pub lease: ConfigDuration,
+    /// How often a node renews its lease (and reaps dead nodes).
+    #[serde(default = "default_cluster_heartbeat")]
+    pub heartbeat: ConfigDuration,
+    /// Redis unreachable at start: `refuse` (exit with the reason) or
+    /// `wait` (retry until it answers).
+    #[serde(default)]
+    pub at_start: ClusterStart,
+    /// New connections while Redis is unreachable: `refuse` (503) or
+    /// `local` (admit names free on this node; claimed when Redis is back).
+    #[serde(default)]
+    pub when_down: ClusterDown,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    // The URL may hold a password: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &"<redacted>")
+            .field("password_env", &self.password_env)
+            .field("node_id", &self.node_id)
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .field("heartbeat", &self.heartbeat)
+            .field("at_start", &self.at_start)
+            .field("when_down", &self.when_down)
+            .finish()
+    }
+}
+
+/// `[cluster] at_start`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterStart {
+    /// Exit with the reason: a mistyped URL or password shows at once, and
+    /// a service manager restarts the gateway.
+    #[default]
+    Refuse,
+    /// Retry (with a warning each time) until Redis answers.
+    Wait,
+}
+
+/// `[cluster] when_down`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterDown {
+    /// Refuse new connections with 503: no name is admitted that another
+    /// node might hold.
+    #[default]
+    Refuse,
+    /// Admit names free on this node; they are claimed when Redis is back,
+    /// and a name another node took meanwhile closes the later session here
+    /// with 4000.
+    Local,
+}
+
+fn default_cluster_prefix() -> String {
+    "wsg".into()
+}
+
+fn default_cluster_lease() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(5))
+}
+
+fn default_cluster_heartbeat() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(1))
 }
 
 /// The `[auth]` table: the keys and rules `identity = "token"` listeners
@@ -537,6 +630,11 @@ impl Config {
                     "[admin] token must be printable ASCII without spaces".into(),
                 ));
             }
+        }
+        if let Some(cluster) = &self.cluster
+            && let Err(reason) = crate::cluster::check_config(cluster.get_ref())
+        {
+            return Err((cluster.span(), format!("[cluster] {reason}")));
         }
         let limits = self.limits.get_ref();
         if limits.idle_timeout.0 <= limits.ping_interval.0 {

@@ -25,6 +25,7 @@ use crate::busypoll::BusyPoll;
 use crate::caps::{
     AddressLimit, AddressSlot, ConnectionCap, PendingHandshakes, PendingSlot, Place,
 };
+use crate::cluster::Cluster;
 use crate::config::{DEFAULT_MAX_REQUEST_HEAD, LimitsConfig, ListenerConfig};
 use crate::events::{Event, Events};
 use crate::handshake::{self, Head, Refusal, Upgrade};
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     pending: Arc<PendingHandshakes>,
     /// `connection_rate_per_address`, when set.
     pub(crate) address_rate: Option<Arc<AddressRate>>,
+    /// The cluster, with `[cluster]`.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
@@ -85,6 +88,7 @@ impl Shared {
             per_address: Arc::new(AddressLimit::new(limits.max_connections_per_address)),
             pending: Arc::new(PendingHandshakes::new(limits.max_pending_handshakes())),
             address_rate: AddressRate::new(&limits).map(Arc::new),
+            cluster: None,
             limits,
             ws_config,
             shutdown: CancellationToken::new(),
@@ -347,13 +351,26 @@ impl Connection {
             tls: listener.config.mode.is_tls(),
             connected_at: SystemTime::now(),
         };
-        let handle = match shared
-            .router
-            .admit(claim, info, tx, shared.shutdown.child_token())
-        {
+        let close = shared.shutdown.child_token();
+        let admitted = match &shared.cluster {
+            None => shared.router.admit(claim, info, tx, close),
+            // Announced once the cluster's registry agreed too.
+            Some(_) => shared.router.admit_unannounced(claim, info, tx, close),
+        };
+        let handle = match admitted {
             Ok(handle) => handle,
             Err(e) => return refuse(shared, &mut stream, &admission::router_refusal(e)).await,
         };
+        if let Some(cluster) = &shared.cluster {
+            // Boxed: only cluster nodes pay for this future in the task.
+            let claimed = Box::pin(cluster.admit(&handle)).await;
+            if let Err(refusal) = claimed {
+                shared.router.withdraw(&handle);
+                Box::pin(cluster.forget(handle.name().as_str())).await;
+                return refuse(shared, &mut stream, &refusal).await;
+            }
+            shared.router.announce_join(&handle);
+        }
         let accepted = tokio::select! {
             biased;
             () = self.stop.cancelled() => None,
@@ -410,6 +427,7 @@ impl Connection {
             limits: SessionLimits::new(&shared.limits),
             expires,
             permissions,
+            cluster: shared.cluster.clone(),
         };
         let open = listener.metrics.open.clone();
         let place = self.place;

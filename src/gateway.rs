@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::admin;
 use crate::busypoll::BusyPoll;
 use crate::certgen;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, ListenerConfig};
 use crate::connection::{self, Listener, Shared};
 use crate::events::{Event, Events};
@@ -62,6 +63,9 @@ pub enum StartError {
     /// `[auth]` cannot verify tokens (a listener has `identity = "token"`).
     #[error("{0}")]
     Auth(String),
+    /// `[cluster]`: Redis could not be reached (or its settings are wrong).
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// A read-only view of who is connected: what an embedding program or a
@@ -131,11 +135,20 @@ impl Server {
             .runtime
             .busy_poll
             .map(|window| Arc::new(BusyPoll::new(window.0)));
-        let shared = Arc::new(Shared::new(
-            router,
-            config.limits.get_ref().clone(),
-            busy_poll,
-        ));
+        let mut shared = Shared::new(router, config.limits.get_ref().clone(), busy_poll);
+        if let Some(cluster) = &config.cluster {
+            shared.cluster = Some(
+                Cluster::start(
+                    cluster.get_ref(),
+                    shared.router.clone(),
+                    &shared.metrics,
+                    &shared.tracker,
+                    shared.shutdown.clone(),
+                )
+                .await?,
+            );
+        }
+        let shared = Arc::new(shared);
         Ok(Server {
             config,
             listeners,
@@ -223,6 +236,7 @@ impl Server {
                 max_body: shared.limits.max_message_size.get(),
                 token: self.config.admin.get_ref().token.as_deref().map(Arc::from),
                 console: self.config.admin.get_ref().console,
+                cluster: shared.cluster.clone(),
             };
             tracing::info!(addr = %local(&tcp), auth = api.token.is_some(), "admin API listening");
             shared.tracker.spawn(admin::serve(tcp, api));

@@ -42,6 +42,7 @@ mod busypoll;
 mod caps;
 pub mod certgen;
 mod close;
+mod cluster;
 pub mod config;
 mod connection;
 mod events;
@@ -66,6 +67,7 @@ pub mod token;
 mod trim;
 mod web;
 
+pub use cluster::ClusterError;
 pub use config::Config;
 pub use gateway::{Roster, Server, StartError, serve};
 pub use identity::{Claim, claim};

@@ -52,6 +52,35 @@ pub enum ErrorKind {
     connection_rate,
     /// A request its token does not allow (a room, the operator).
     forbidden,
+    /// A message for another node that Redis could not carry.
+    cluster_unavailable,
+}
+
+/// What travels between cluster nodes, a label of
+/// `wssgate_cluster_messages_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ClusterKind {
+    /// A private message.
+    private,
+    /// A room message.
+    room,
+    /// The operator's send, broadcast or kick.
+    operator,
+    /// A join or leave (presence, the names mirror).
+    presence,
+    /// Node to node: a replacement, an error for a sender.
+    control,
+}
+
+/// Direction, a label of `wssgate_cluster_messages_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    /// Published to Redis by this node.
+    published,
+    /// Received from Redis by this node (its own included).
+    received,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +103,40 @@ struct StatusLabel {
     status: u16,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabel {
+    direction: Direction,
+    kind: ClusterKind,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+/// The cluster's handles (their series appear once a cluster uses them).
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    messages: Family<ClusterLabel, Counter>,
+    /// 1 while Redis answers commands and the subscriber is connected.
+    pub up: Gauge,
+    /// The last heartbeat's round trip to Redis, in seconds.
+    pub rtt: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Times the subscriber connection was (re)established.
+    pub reconnects: Counter,
+    /// Dead nodes this node reaped.
+    pub reaped: Counter,
+}
+
+impl ClusterMetrics {
+    /// Counts one message published or received.
+    pub fn message(&self, direction: Direction, kind: ClusterKind) {
+        self.messages
+            .get_or_create(&ClusterLabel { direction, kind })
+            .inc();
+    }
+}
+
 /// The gateway's metrics; one per gateway, shared by reference.
 pub struct Metrics {
     registry: Registry,
@@ -86,6 +149,11 @@ pub struct Metrics {
     presence_resyncs: Counter,
     memory_trims: Counter,
     handshake_evictions: Counter,
+    cluster_messages: Family<ClusterLabel, Counter>,
+    cluster_up: Family<NodeLabel, Gauge>,
+    cluster_rtt: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    cluster_reconnects: Family<NodeLabel, Counter>,
+    cluster_reaped: Family<NodeLabel, Counter>,
 }
 
 /// Per-listener handles, created once per listener.
@@ -111,6 +179,11 @@ impl Metrics {
             presence_resyncs: Counter::default(),
             memory_trims: Counter::default(),
             handshake_evictions: Counter::default(),
+            cluster_messages: Family::default(),
+            cluster_up: Family::default(),
+            cluster_rtt: Family::default(),
+            cluster_reconnects: Family::default(),
+            cluster_reaped: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -154,7 +227,46 @@ impl Metrics {
             "Connections dropped in their handshakes because max_pending_handshakes were waiting and a new one came",
             m.handshake_evictions.clone(),
         );
+        r.register(
+            "cluster_messages",
+            "Messages between cluster nodes through Redis, by direction and kind",
+            m.cluster_messages.clone(),
+        );
+        r.register(
+            "cluster_up",
+            "1 while Redis answers and the cluster subscriber is connected, by node",
+            m.cluster_up.clone(),
+        );
+        r.register(
+            "cluster_redis_rtt_seconds",
+            "Round trip of the last heartbeat to Redis, by node",
+            m.cluster_rtt.clone(),
+        );
+        r.register(
+            "cluster_subscriber_connects",
+            "Times the cluster subscriber connection was established, by node",
+            m.cluster_reconnects.clone(),
+        );
+        r.register(
+            "cluster_nodes_reaped",
+            "Dead nodes whose names this node freed, by node",
+            m.cluster_reaped.clone(),
+        );
         m
+    }
+
+    /// The cluster's handles for `node` (their series appear from now on).
+    pub fn cluster(&self, node: &str) -> ClusterMetrics {
+        let label = NodeLabel {
+            node: node.to_owned(),
+        };
+        ClusterMetrics {
+            messages: self.cluster_messages.clone(),
+            up: self.cluster_up.get_or_create_owned(&label),
+            rtt: self.cluster_rtt.get_or_create_owned(&label),
+            reconnects: self.cluster_reconnects.get_or_create_owned(&label),
+            reaped: self.cluster_reaped.get_or_create_owned(&label),
+        }
     }
 
     /// Handles for one listener.

@@ -10,14 +10,15 @@ use crate::admin::{Closed, Delivered};
 
 /// The rows as `wssgate admin clients` prints them: columns aligned by
 /// display width (a CJK character takes two columns), a header, and the
-/// count. Control characters in a name are shown escaped so that a name
-/// cannot move the terminal's cursor.
+/// count; a NODE column when the rows come from a cluster. Control
+/// characters in a name are shown escaped so that a name cannot move the
+/// terminal's cursor.
 pub fn clients_table(rows: &[ClientRow]) -> String {
     use std::fmt::Write as _;
-    /// Columns of NAME, REMOTE, LISTENER and TLS (a wider value pushes the
-    /// rest of its line right by one space).
-    const WIDTHS: [usize; 4] = [24, 22, 10, 5];
-    fn line(out: &mut String, cells: [&str; 4], last: &str) {
+    /// Columns of NAME, REMOTE, LISTENER, TLS and NODE (a wider value
+    /// pushes the rest of its line right by one space).
+    const WIDTHS: [usize; 5] = [24, 22, 10, 6, 16];
+    fn line(out: &mut String, cells: &[&str], last: &str) {
         for (cell, width) in cells.iter().zip(WIDTHS) {
             let cell = visible(cell);
             let used = unicode_width::UnicodeWidthStr::width(&*cell);
@@ -27,15 +28,20 @@ pub fn clients_table(rows: &[ClientRow]) -> String {
         out.push_str(last);
         out.push('\n');
     }
+    let clustered = rows.iter().any(|r| r.node.is_some());
+    let mut header = vec!["NAME", "REMOTE", "LISTENER", "TLS"];
+    if clustered {
+        header.push("NODE");
+    }
     let mut out = String::new();
-    line(&mut out, ["NAME", "REMOTE", "LISTENER", "TLS"], "CONNECTED");
+    line(&mut out, &header, "CONNECTED");
     for r in rows {
         let tls = if r.tls { "true" } else { "false" };
-        line(
-            &mut out,
-            [&r.name, &r.remote, &r.listener, tls],
-            &r.connected_at,
-        );
+        let mut cells = vec![r.name.as_str(), &r.remote, &r.listener, tls];
+        if clustered {
+            cells.push(r.node.as_deref().unwrap_or("-"));
+        }
+        line(&mut out, &cells, &r.connected_at);
     }
     let _ = write!(out, "{} connected", rows.len());
     out
@@ -126,7 +132,7 @@ impl Operator {
             Err(OperatorError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
                 Err(OperatorError::NotConnected(name.to_owned()))
             }
-            other => Ok(serde_json::from_str::<Delivered>(&other?)?.delivered),
+            other => Ok(serde_json::from_str::<Delivered>(&other?)?.reached()),
         }
     }
 
@@ -151,7 +157,7 @@ impl Operator {
         let body = self
             .request(reqwest::Method::POST, "/broadcast", Some(text.to_owned()))
             .await?;
-        Ok(serde_json::from_str::<Delivered>(&body)?.delivered)
+        Ok(serde_json::from_str::<Delivered>(&body)?.reached())
     }
 
     /// `GET /events`: calls `on_event` with each event's JSON until the stream ends.
@@ -240,7 +246,20 @@ mod tests {
             tls: false,
             connected_at: "2026-11-26T12:00:00Z".into(),
             provisional: false,
+            node: None,
         }
+    }
+
+    #[test]
+    fn a_cluster_adds_the_node_column() {
+        let mut b = row("bob");
+        b.node = Some("n2".into());
+        let table = clients_table(&[row("alice"), b]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("NODE"), "{table}");
+        assert!(lines[1].contains(" - "), "{table}");
+        assert!(lines[2].contains(" n2 "), "{table}");
+        assert!(!clients_table(&[row("alice")]).contains("NODE"));
     }
 
     #[test]

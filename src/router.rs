@@ -81,6 +81,11 @@ pub enum RoomError {
 }
 
 impl SessionHandle {
+    /// The session's id, unique in this process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The session's current name.
     pub fn name(&self) -> ClientName {
         lock(&self.name).clone()
@@ -229,6 +234,10 @@ pub struct RouterConfig {
 
 type Members = IndexMap<u64, Arc<SessionHandle>>;
 
+/// The session id presence events from other nodes are recorded under:
+/// no session here has it, so every session here is told.
+const REMOTE_SESSION: u64 = u64::MAX;
+
 #[derive(Default)]
 struct State {
     names: HashMap<Arc<str>, Vec<Arc<SessionHandle>>>,
@@ -268,6 +277,11 @@ impl Router {
         }
     }
 
+    /// The duplicate-name policy.
+    pub fn duplicate_policy(&self) -> DuplicatePolicy {
+        self.config.on_duplicate
+    }
+
     /// The metrics the router counts into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -286,6 +300,45 @@ impl Router {
         info: ClientInfo,
         outbox: Arc<Outbox>,
         close: CancellationToken,
+    ) -> Result<Arc<SessionHandle>, AdmitError> {
+        self.admit_announced(claim, info, outbox, close, true)
+    }
+
+    /// [`Router::admit`] without the presence `join`, for a session that
+    /// must pass another check first (a cluster's name registry): then
+    /// [`Router::announce_join`], or [`Router::withdraw`] if it failed.
+    pub fn admit_unannounced(
+        &self,
+        claim: Claim,
+        info: ClientInfo,
+        outbox: Arc<Outbox>,
+        close: CancellationToken,
+    ) -> Result<Arc<SessionHandle>, AdmitError> {
+        self.admit_announced(claim, info, outbox, close, false)
+    }
+
+    /// Announces the join of a session admitted unannounced.
+    pub fn announce_join(&self, handle: &SessionHandle) {
+        let state = self.read();
+        self.announce(&state, handle, Presence::Join);
+    }
+
+    /// Removes a session admitted unannounced that failed its other check:
+    /// nobody was told it came, so nobody is told it left.
+    pub fn withdraw(&self, handle: &Arc<SessionHandle>) {
+        let mut state = self.write();
+        if state.remove(handle) {
+            self.changed(&state);
+        }
+    }
+
+    fn admit_announced(
+        &self,
+        claim: Claim,
+        info: ClientInfo,
+        outbox: Arc<Outbox>,
+        close: CancellationToken,
+        announce: bool,
     ) -> Result<Arc<SessionHandle>, AdmitError> {
         let handle = Arc::new(SessionHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -328,7 +381,9 @@ impl Router {
             .push(handle.clone());
         state.sessions += 1;
         self.changed(&state);
-        self.announce(&state, &handle, Presence::Join);
+        if announce {
+            self.announce(&state, &handle, Presence::Join);
+        }
         if let Some(log) = &self.presence {
             // Told of what happens from now on, not of its own join.
             handle.presence_cursor.store(log.head(), Ordering::Relaxed);
@@ -539,6 +594,77 @@ impl Router {
         let mut all: Vec<Arc<SessionHandle>> = state.names.values().flatten().cloned().collect();
         all.sort_unstable_by_key(|s| s.id);
         all
+    }
+
+    /// The names of this node's sessions, each once (what a cluster node
+    /// holds and subscribes for).
+    pub fn local_names(&self) -> Vec<Arc<str>> {
+        self.read().names.keys().cloned().collect()
+    }
+
+    /// The rooms with a member on this node.
+    pub fn local_rooms(&self) -> Vec<Arc<str>> {
+        self.read().rooms.keys().cloned().collect()
+    }
+
+    /// The rooms `handle` is a member of.
+    pub fn rooms_of(&self, handle: &SessionHandle) -> Vec<Arc<str>> {
+        self.read()
+            .memberships
+            .get(&handle.id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether `room` has a member on this node.
+    pub fn has_members(&self, room: &str) -> bool {
+        self.read().rooms.contains_key(room)
+    }
+
+    /// Whether a session on this node holds `name` (exactly).
+    pub fn holds(&self, name: &str) -> bool {
+        self.read().names.contains_key(name)
+    }
+
+    /// Delivers a room message from another node to every member here.
+    pub fn deliver_to_room(&self, room: &str, frame: impl FnOnce() -> Message) -> Delivery {
+        let state = self.read();
+        match state.rooms.get(room) {
+            Some(members) => self.deliver_all(members.values(), frame),
+            None => Delivery::default(),
+        }
+    }
+
+    /// Records a join or leave that happened on another node, for this
+    /// node's sessions to be told (with presence on).
+    pub fn announce_remote(&self, event: Presence, name: ClientName) {
+        let Some(log) = &self.presence else { return };
+        if self.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        log.record(event, name, REMOTE_SESSION);
+        for session in self.read().names.values().flatten() {
+            session.outbox.mark_presence();
+        }
+    }
+
+    /// A newer session on another node took `name`: the session here with
+    /// that name and `id` is closed with 4000, and leaves without a
+    /// presence `leave` (the name never left). False if it is gone already.
+    pub fn replaced_elsewhere(&self, name: &str, id: u64) -> bool {
+        let mut state = self.write();
+        let Some(old) = state
+            .names
+            .get(name)
+            .and_then(|sessions| sessions.iter().find(|s| s.id == id).cloned())
+        else {
+            return false;
+        };
+        tracing::info!(client = %name, remote = %old.info.remote, "replaced by a newer session on another node");
+        old.close_with(Close::Replaced);
+        state.remove(&old);
+        self.changed(&state);
+        true
     }
 
     /// Closes every session named exactly `name` with 4001 and the

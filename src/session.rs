@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 
 use crate::busypoll::BusyPoll;
 use crate::close::Close;
+use crate::cluster::Cluster;
 use crate::events::Event;
 use crate::identity::ClientName;
 use crate::metrics::{ErrorKind, RouteKind};
@@ -63,6 +64,8 @@ pub struct SessionRules {
     pub expires: Option<SystemTime>,
     /// What its token allows, when it restricts anything.
     pub permissions: Option<Box<Permissions>>,
+    /// The cluster, with `[cluster]`: what is not for this node goes there.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Why a session ended, for the disconnect log line.
@@ -91,6 +94,7 @@ pub async fn run<S>(
         limits,
         expires,
         permissions,
+        cluster,
     } = rules;
     let permissions = permissions.as_deref();
     // Boxed, and only for token sessions: a timer in every session's
@@ -131,7 +135,7 @@ pub async fn run<S>(
                         guarded(batch, &handle, &mut ping, stall_ticks).await
                     }
                     Next::Presence => {
-                        let frames = presence_frames(&router, &handle, &mut resync);
+                        let frames = presence_frames(&router, &handle, &mut resync, cluster.as_deref());
                         // Boxed: inline, this rare write would grow every
                         // idle session's task by its size (measured: 120
                         // bytes per idle connection).
@@ -169,7 +173,14 @@ pub async fn run<S>(
                     }
                 }
                 match frame {
-                    Ok(Message::Text(text)) => on_text(&router, &handle, &counters, &mut routes, permissions, text),
+                    Ok(Message::Text(text)) => {
+                        let remote = on_text(&router, &handle, &counters, &mut routes, permissions, cluster.as_deref(), text);
+                        if let (Some(step), Some(cluster)) = (remote, &cluster) {
+                            // Boxed: only a cluster node's frames for other
+                            // nodes pay for this future, not every session.
+                            Box::pin(remote_step(cluster, &router, &handle, &counters, step)).await;
+                        }
+                    }
                     Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, permissions, &data),
                     Ok(Message::Ping(_)) => {
                         // tungstenite queued the pong; send it now.
@@ -201,6 +212,7 @@ pub async fn run<S>(
         }
     };
 
+    let rooms = cluster.as_ref().map(|_| router.rooms_of(&handle));
     router.remove(&handle);
     let name = handle.name();
     let remote = handle.info.remote;
@@ -224,6 +236,9 @@ pub async fn run<S>(
         remote,
         reason: &reason,
     });
+    if let Some(cluster) = &cluster {
+        Box::pin(cluster.session_ended(&handle, rooms.unwrap_or_default())).await;
+    }
 }
 
 /// Runs one write while watching for a close order and for a peer that
@@ -288,7 +303,12 @@ impl Resync {
 /// seen, one notice each; many of them folded into one digest; or, when the
 /// log moved past it, one `list` of who is connected (at most once per
 /// [`RESYNC_INTERVAL`]; sooner, it is put off).
-fn presence_frames(router: &Router, handle: &SessionHandle, resync: &mut Resync) -> Vec<Message> {
+fn presence_frames(
+    router: &Router,
+    handle: &SessionHandle,
+    resync: &mut Resync,
+    cluster: Option<&Cluster>,
+) -> Vec<Message> {
     let me = handle.name();
     match router.presence_backlog(handle) {
         Backlog::Nothing => Vec::new(),
@@ -312,7 +332,10 @@ fn presence_frames(router: &Router, handle: &SessionHandle, resync: &mut Resync)
             }
             resync.allowed_at = Some(now + RESYNC_INTERVAL);
             router.metrics().presence_resync();
-            let names = router.presence_resync(handle);
+            let mut names = router.presence_resync(handle);
+            if let Some(cluster) = cluster {
+                names = cluster.names(names);
+            }
             let list = Notice::list(me.as_str(), &names, None, None).to_json();
             vec![Message::text(list)]
         }
@@ -474,20 +497,61 @@ impl Counters {
     }
 }
 
+/// What a frame still needs from the other cluster nodes once its local
+/// part is done ([`remote_step`]).
+enum Remote {
+    /// A private message for a name no session here holds.
+    Private {
+        from: ClientName,
+        dst: String,
+        frame: Message,
+        id: Option<Box<RawValue>>,
+    },
+    /// A room message, delivered to the members here.
+    Room {
+        room: String,
+        frame: Message,
+        id: Option<Box<RawValue>>,
+    },
+    /// A room joined here.
+    Joined {
+        room: String,
+        id: Option<Box<RawValue>>,
+    },
+    /// A room left here.
+    Left { room: String },
+    /// `list` of a room's members on every node.
+    RoomList {
+        room: String,
+        id: Option<Box<RawValue>>,
+    },
+}
+
+/// Handles a text frame here; returns what the other nodes must still do
+/// (only with a cluster).
 fn on_text(
     router: &Router,
     handle: &Arc<SessionHandle>,
     counters: &Counters,
     routes: &mut RouteCache,
     permissions: Option<&Permissions>,
+    cluster: Option<&Cluster>,
     text: Utf8Bytes,
-) {
+) -> Option<Remote> {
     match protocol::classify(&text) {
         Request::Private(mut envelope) => {
             let name = sender_name(router, handle, &envelope);
             let dst = std::mem::take(&mut envelope.dst);
             let delivery =
                 router.send_to_name_cached(routes, &dst, || forward(&envelope, &name, &text));
+            if delivery.targets == 0 && cluster.is_some() {
+                return Some(Remote::Private {
+                    frame: forward(&envelope, &name, &text),
+                    from: name,
+                    dst: dst.into_owned(),
+                    id: envelope.id.map(RawValue::to_owned),
+                });
+            }
             let failure = match delivery {
                 Delivery { targets: 0, .. } => {
                     Some((ErrorKind::unknown_recipient, notice::NOT_CONNECTED))
@@ -512,6 +576,13 @@ fn on_text(
             match delivery {
                 Ok(_) => {
                     counters.room.inc();
+                    if cluster.is_some() {
+                        return Some(Remote::Room {
+                            frame: forward(&envelope, &name, &text),
+                            room: room.into_owned(),
+                            id: envelope.id.map(RawValue::to_owned),
+                        });
+                    }
                 }
                 Err(e) => reject(
                     router,
@@ -525,7 +596,10 @@ fn on_text(
         Request::Join { room, id } => {
             if permissions.is_some_and(|p| !p.may_join(&room)) {
                 let why = format!("not allowed by your token: join {room}");
-                return reject(router, handle, ErrorKind::forbidden, &why, id);
+                {
+                    reject(router, handle, ErrorKind::forbidden, &why, id);
+                    return None;
+                }
             }
             if let Err(e) = router.join(handle, &room) {
                 reject(
@@ -535,17 +609,41 @@ fn on_text(
                     &e.to_string(),
                     id,
                 );
+            } else if cluster.is_some() {
+                return Some(Remote::Joined {
+                    room: room.into_owned(),
+                    id: id.map(RawValue::to_owned),
+                });
             }
         }
-        Request::Leave { room, .. } => router.leave(handle, &room),
+        Request::Leave { room, .. } => {
+            router.leave(handle, &room);
+            if cluster.is_some() {
+                return Some(Remote::Left {
+                    room: room.into_owned(),
+                });
+            }
+        }
         Request::List { room, id } => {
             if let Some(room) = room.as_deref()
                 && permissions.is_some_and(|p| !p.may_join(room))
             {
                 let why = format!("not allowed by your token: list {room}");
-                return reject(router, handle, ErrorKind::forbidden, &why, id);
+                {
+                    reject(router, handle, ErrorKind::forbidden, &why, id);
+                    return None;
+                }
             }
-            let names = router.names(room.as_deref());
+            let names = match (cluster, room.as_deref()) {
+                (Some(_), Some(room)) => {
+                    return Some(Remote::RoomList {
+                        room: room.to_owned(),
+                        id: id.map(RawValue::to_owned),
+                    });
+                }
+                (Some(cluster), None) => cluster.names(router.names(None)),
+                (None, room) => router.names(room),
+            };
             let me = handle.name();
             let notice = Notice::list(me.as_str(), &names, room.as_deref(), id);
             router.reply(handle, Message::text(notice.to_json()));
@@ -555,7 +653,10 @@ fn on_text(
         }
         Request::ToServer => {
             if permissions.is_some_and(|p| !p.operator) {
-                return reject(router, handle, ErrorKind::forbidden, NO_OPERATOR, None);
+                {
+                    reject(router, handle, ErrorKind::forbidden, NO_OPERATOR, None);
+                    return None;
+                }
             }
             counters.to_server.inc();
             let name = handle.name();
@@ -566,6 +667,93 @@ fn on_text(
                 remote,
                 text: &text,
             });
+        }
+    }
+    None
+}
+
+/// Does what a frame needs from the other nodes ([`Remote`]); a failure is
+/// answered with an `error` notice, never dropped in silence.
+async fn remote_step(
+    cluster: &Cluster,
+    router: &Router,
+    handle: &Arc<SessionHandle>,
+    counters: &Counters,
+    step: Remote,
+) {
+    let unavailable = |why: String, id: Option<&RawValue>| {
+        reject(router, handle, ErrorKind::cluster_unavailable, &why, id);
+    };
+    match step {
+        Remote::Private {
+            from,
+            dst,
+            frame,
+            id,
+        } => {
+            let text = frame.to_text().unwrap_or_default();
+            match cluster
+                .private(from.as_str(), &dst, text, id.as_deref())
+                .await
+            {
+                Ok(0) => reject(
+                    router,
+                    handle,
+                    ErrorKind::unknown_recipient,
+                    &format!("{}: {dst}", notice::NOT_CONNECTED),
+                    id.as_deref(),
+                ),
+                Ok(_) => {
+                    counters.private.inc();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: private message not published");
+                    unavailable(
+                        format!("cluster unavailable: cannot reach {dst}"),
+                        id.as_deref(),
+                    );
+                }
+            }
+        }
+        Remote::Room { room, frame, id } => {
+            let text = frame.to_text().unwrap_or_default();
+            if let Err(e) = cluster.room(&room, text).await {
+                tracing::debug!(error = %e, "cluster: room message not published");
+                unavailable(
+                    format!(
+                        "cluster unavailable: room message reached local members only ({room})"
+                    ),
+                    id.as_deref(),
+                );
+            }
+        }
+        Remote::Joined { room, id } => {
+            if let Err(e) = cluster.joined(&room, handle.name().as_str()).await {
+                tracing::debug!(error = %e, "cluster: join not recorded");
+                unavailable(
+                    format!("cluster unavailable: joined {room} on this node only"),
+                    id.as_deref(),
+                );
+            }
+        }
+        Remote::Left { room } => cluster.left(&room, handle.name().as_str()).await,
+        Remote::RoomList { room, id } => {
+            let me = handle.name();
+            let names = match cluster.room_names(&room).await {
+                Ok(names) => names,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: room members not read");
+                    unavailable(
+                        format!(
+                            "cluster unavailable: the list of {room} has this node's members only"
+                        ),
+                        id.as_deref(),
+                    );
+                    router.names(Some(&room))
+                }
+            };
+            let notice = Notice::list(me.as_str(), &names, Some(&room), id.as_deref());
+            router.reply(handle, Message::text(notice.to_json()));
         }
     }
 }

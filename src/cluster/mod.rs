@@ -1,0 +1,1159 @@
+//! Several nodes, one gateway: names, private and room messages, `list`,
+//! presence and the operator's actions reach across gateway nodes through
+//! Redis (README "Several nodes"; the design and where it differs from
+//! `CLUSTER.md` are in `docs/CLUSTER.md`).
+//!
+//! - **Registry.** `{P}:names` maps each name to `node|session|row`. A node
+//!   claims a name at the handshake with a Lua script that applies the
+//!   duplicate policy against live owners only; it renews one lease for all
+//!   its names (`{P}:nodes`), and any node reaps a node whose lease ran out,
+//!   freeing its names and announcing their leave.
+//! - **Delivery.** A node subscribes `P:to:NAME` for every name it holds,
+//!   `P:room:ROOM` for every room with a member here, `P:all` and its own
+//!   `P:node:ID`. A private message for a name not held here is published to
+//!   the name's channel: Redis answers with how many nodes took it, so 0 is
+//!   `recipient not connected` and an error is `cluster unavailable`.
+//!   Delivery is at most once: what Redis cannot carry is answered, never
+//!   replayed.
+//! - **Recovery.** The subscriber connection is supervised: after any loss
+//!   it reconnects with backoff and subscribes again to what the router holds
+//!   now (not to what it remembered), then the node claims its names again,
+//!   frees stale ones and resyncs its mirror of the other nodes' names.
+
+mod envelope;
+mod keys;
+mod scripts;
+mod subscriber;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, ConnectionInfo, IntoConnectionInfo};
+use serde_json::value::RawValue;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wssgate_wire::ClientName;
+use wssgate_wire::name::qt_latin1;
+use wssgate_wire::notice::{Notice, Presence};
+
+use crate::admin::ClientRow;
+use crate::config::{ClusterConfig, ClusterDown, ClusterStart, DuplicatePolicy};
+use crate::handshake::Refusal;
+use crate::metrics::{ClusterKind, ClusterMetrics, Direction, Metrics};
+use crate::router::{Router, SessionHandle};
+use envelope::{Header, Kind};
+use keys::Keys;
+use scripts::Scripts;
+
+/// Time a Redis command or subscription may take before it counts as failed.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the mirror of other nodes' names is rebuilt from the registry
+/// and the subscriptions checked against the router (events are at most
+/// once: this repairs what a lost one left wrong).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// Seconds a client refused while Redis is down is told to wait.
+const RETRY_AFTER_DOWN: u64 = 5;
+
+/// Checks `[cluster]` when the config is read.
+pub fn check_config(config: &ClusterConfig) -> Result<(), String> {
+    connection_info(config)?;
+    let bad = |c: char| c.is_control() || c.is_whitespace() || "{}|".contains(c);
+    if config.prefix.is_empty() || config.prefix.chars().any(bad) {
+        return Err(format!(
+            "prefix {:?} must be non-empty, without spaces, braces or '|'",
+            config.prefix
+        ));
+    }
+    if let Some(id) = &config.node_id
+        && (id.is_empty() || id.chars().any(bad) || id.contains(':'))
+    {
+        return Err(format!(
+            "node_id {id:?} must be non-empty, without spaces, braces, ':' or '|'"
+        ));
+    }
+    if config.lease.0 < Duration::from_secs(1) {
+        return Err("lease must be at least 1s".into());
+    }
+    if config.heartbeat.0.is_zero() || config.heartbeat.0 * 2 > config.lease.0 {
+        return Err(format!(
+            "heartbeat ({:?}) must be more than zero and at most half the lease ({:?})",
+            config.heartbeat.0, config.lease.0
+        ));
+    }
+    Ok(())
+}
+
+/// The Redis connection settings, the password from `password_env` added.
+fn connection_info(config: &ClusterConfig) -> Result<ConnectionInfo, String> {
+    // The URL may hold a password: the reason is redis-rs's, the URL is not repeated.
+    let info = config.redis.as_str().into_connection_info().map_err(|e| {
+        format!(
+            "redis: not a Redis URL ({e}); use redis://host:port/db, rediss://... or unix:///path"
+        )
+    })?;
+    let Some(var) = &config.password_env else {
+        return Ok(info);
+    };
+    let password = std::env::var(var)
+        .map_err(|_| format!("password_env: the environment variable {var} is not set"))?;
+    let settings = info.redis_settings().clone().set_password(password);
+    Ok(info.set_redis_settings(settings))
+}
+
+/// Why a cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The config is wrong (checked at load; here for a changed environment).
+    #[error("[cluster] {0}")]
+    Config(String),
+    /// Redis did not answer and `at_start = "refuse"`.
+    #[error(
+        "cannot reach Redis at {addr}: {reason} (set [cluster] at_start = \"wait\" to wait for it)"
+    )]
+    Unreachable {
+        /// Where (without a password).
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The other nodes' names, as their joins and leaves (and the periodic
+/// resync) told: what `list` adds to this node's own names.
+#[derive(Default)]
+struct Mirror(Mutex<HashMap<String, BTreeSet<Arc<str>>>>);
+
+impl Mirror {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<Arc<str>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `name` on `node`; true when the name is new to the mirror.
+    fn add(&self, name: &str, node: &Arc<str>) -> bool {
+        let mut map = self.lock();
+        let nodes = map.entry(name.to_owned()).or_default();
+        let new = nodes.is_empty();
+        nodes.insert(node.clone());
+        new
+    }
+
+    /// Forgets `name` on `node`; true when no node holds it any more.
+    fn remove(&self, name: &str, node: &str) -> bool {
+        let mut map = self.lock();
+        let Some(nodes) = map.get_mut(name) else {
+            return false;
+        };
+        nodes.remove(node);
+        if nodes.is_empty() {
+            map.remove(name);
+            return true;
+        }
+        false
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Replaces the mirror; returns the names that appeared and vanished.
+    fn replace(&self, fresh: HashMap<String, BTreeSet<Arc<str>>>) -> (Vec<String>, Vec<String>) {
+        let mut map = self.lock();
+        let joined = fresh
+            .keys()
+            .filter(|n| !map.contains_key(*n))
+            .cloned()
+            .collect();
+        let left = map
+            .keys()
+            .filter(|n| !fresh.contains_key(*n))
+            .cloned()
+            .collect();
+        *map = fresh;
+        (joined, left)
+    }
+}
+
+/// One gateway node's part in the cluster.
+pub(crate) struct Cluster {
+    node: Arc<str>,
+    keys: Keys,
+    client: Client,
+    commands: ConnectionManager,
+    scripts: Scripts,
+    router: Arc<Router>,
+    metrics: ClusterMetrics,
+    policy: DuplicatePolicy,
+    when_down: ClusterDown,
+    lease: Duration,
+    heartbeat: Duration,
+    /// The last command to Redis succeeded.
+    commands_up: AtomicBool,
+    pubsub: subscriber::Subscriber,
+    mirror: Mirror,
+    /// Told by the subscriber after it (re)connected: claim names again,
+    /// resync the mirror.
+    recover: Notify,
+    /// Until when the registry is settling after Redis came back (or lost
+    /// this node's lease): every live node claims its names again within a
+    /// lease, and no new name is admitted before (by `when_down`).
+    settling: Mutex<Option<Instant>>,
+}
+
+/// A default node id: host name, process id, and a random suffix, so that
+/// a restarted process never inherits its predecessor's lease or names.
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut random = [0u8; 4];
+    // A failed random source only makes the suffix predictable.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        data_encoding::HEXLOWER.encode(&random)
+    )
+}
+
+impl Cluster {
+    /// Connects to Redis (waiting for it with `at_start = "wait"`),
+    /// registers this node's lease and subscribes its own channels, then
+    /// starts the subscriber supervisor and the heartbeat.
+    pub(crate) async fn start(
+        config: &ClusterConfig,
+        router: Arc<Router>,
+        metrics: &Metrics,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let info = connection_info(config).map_err(ClusterError::Config)?;
+        let addr = info.addr().to_string();
+        let client = Client::open(info).map_err(|e| ClusterError::Config(e.to_string()))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let mut backoff = Duration::from_millis(200);
+        let commands = loop {
+            let attempt = tokio::time::timeout(
+                REDIS_TIMEOUT * 2,
+                ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
+            )
+            .await;
+            let reason = match attempt {
+                Ok(Ok(manager)) => break manager,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer".to_owned(),
+            };
+            match config.at_start {
+                ClusterStart::Refuse => return Err(ClusterError::Unreachable { addr, reason }),
+                ClusterStart::Wait => {
+                    tracing::warn!(redis = %addr, %reason, retry_in = ?backoff, "cluster: Redis unreachable at start; waiting for it");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Err(ClusterError::Unreachable { addr, reason }),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let node: Arc<str> = config
+            .node_id
+            .clone()
+            .unwrap_or_else(default_node_id)
+            .into();
+        let cluster = Arc::new(Cluster {
+            keys: Keys::new(&config.prefix),
+            client,
+            commands,
+            scripts: Scripts::new(),
+            metrics: metrics.cluster(&node),
+            policy: router.duplicate_policy(),
+            router,
+            when_down: config.when_down,
+            lease: config.lease.0,
+            heartbeat: config.heartbeat.0,
+            commands_up: AtomicBool::new(true),
+            pubsub: subscriber::Subscriber::default(),
+            mirror: Mirror::default(),
+            recover: Notify::new(),
+            settling: Mutex::new(None),
+            node,
+        });
+        cluster
+            .beat()
+            .await
+            .map_err(|reason| ClusterError::Unreachable {
+                addr: addr.clone(),
+                reason,
+            })?;
+        // Reachable before serving: the subscriber is up and the mirror
+        // filled before the first client is admitted.
+        let ready = Arc::new(Notify::new());
+        tracker.spawn(subscriber::supervise(
+            cluster.clone(),
+            shutdown.clone(),
+            ready.clone(),
+        ));
+        tokio::select! {
+            () = ready.notified() => {}
+            () = tokio::time::sleep(REDIS_TIMEOUT * 2) => {
+                tracing::warn!(redis = %addr, "cluster: the subscriber is not connected yet; serving, and retrying in the background");
+            }
+        }
+        cluster.resync_mirror().await;
+        tracker.spawn(cluster.clone().heartbeats(shutdown));
+        tracing::info!(node = %cluster.node, redis = %addr, lease = ?cluster.lease, "cluster: joined");
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Redis answers commands, the subscriber is connected, and the
+    /// registry is not settling.
+    pub(crate) fn is_up(&self) -> bool {
+        self.commands_up.load(Ordering::Acquire) && self.pubsub.is_up() && !self.is_settling()
+    }
+
+    /// The registry is settling after Redis came back ([`Cluster::is_up`] is false).
+    pub(crate) fn is_settling(&self) -> bool {
+        self.settling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Starts (or extends) the settling time: one lease from now.
+    fn settle(&self) {
+        *self.settling.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + self.lease);
+        self.health_changed();
+    }
+
+    /// Ends the settling time if it is over; true when it just ended.
+    fn settled(&self) -> bool {
+        let mut settling = self.settling.lock().unwrap_or_else(|p| p.into_inner());
+        if settling.is_some_and(|until| Instant::now() >= until) {
+            *settling = None;
+            drop(settling);
+            self.health_changed();
+            return true;
+        }
+        false
+    }
+
+    fn health_changed(&self) {
+        self.metrics.up.set(i64::from(self.is_up()));
+    }
+
+    fn set_commands_up(&self, up: bool) {
+        if self.commands_up.swap(up, Ordering::AcqRel) != up {
+            if up {
+                tracing::info!(node = %self.node, "cluster: Redis answers again");
+            } else {
+                tracing::warn!(node = %self.node, "cluster: Redis does not answer; local traffic goes on");
+            }
+            self.health_changed();
+        }
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    /// Runs one Redis call with the time limit, noting whether Redis answered.
+    async fn call<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok(value)) => {
+                self.set_commands_up(true);
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                // An error Redis answered with (a script's, a type) says
+                // Redis is there; only a lost or refused connection is down.
+                let unreachable = e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal();
+                self.set_commands_up(!unreachable);
+                Err(format!("{what}: {e}"))
+            }
+            Err(_) => {
+                self.set_commands_up(false);
+                Err(format!("{what}: no answer within {REDIS_TIMEOUT:?}"))
+            }
+        }
+    }
+
+    /// Publishes `header` + `body` on `channel`; how many nodes took it.
+    async fn publish(
+        &self,
+        channel: &str,
+        header: &Header,
+        body: &str,
+        kind: ClusterKind,
+    ) -> Result<usize, String> {
+        let payload = header.encode(body);
+        let mut conn = self.conn();
+        let count: usize = self.call("PUBLISH", conn.publish(channel, payload)).await?;
+        self.metrics.message(Direction::published, kind);
+        Ok(count)
+    }
+
+    // ------------------------------------------------------------ sessions
+
+    /// The cluster's part of admitting `handle` (already admitted on this
+    /// node): subscribe its name, then claim the name cluster-wide by the
+    /// duplicate policy, and tell the other nodes. A refusal here means the
+    /// caller removes the session and calls [`Cluster::forget`].
+    pub(crate) async fn admit(&self, handle: &SessionHandle) -> Result<(), Refusal> {
+        let name = handle.name();
+        if !self.is_up() {
+            return self.down_admission(&name);
+        }
+        if let Err(e) = self
+            .pubsub
+            .subscribe(vec![self.keys.to(name.as_str())])
+            .await
+        {
+            tracing::warn!(client = %name, error = %e, "cluster: cannot subscribe a name");
+            return self.down_admission(&name);
+        }
+        // Provisional Qt names are exempt from the policy among themselves,
+        // and `allow` is not exclusive: neither is claimed.
+        if !handle.is_provisional() && self.policy != DuplicatePolicy::Allow {
+            let mode = match self.policy {
+                DuplicatePolicy::Replace => "replace",
+                _ => "reject",
+            };
+            match self.claim(handle, mode).await {
+                Ok(Claimed::Ok { previous }) => {
+                    if let Some((owner, id)) = previous
+                        && owner != *self.node
+                    {
+                        let mut header =
+                            Header::new(&self.node, Kind::Replace, Some(name.as_str()));
+                        header.id = Some(id);
+                        let _ = self
+                            .publish(&self.keys.node(&owner), &header, "", ClusterKind::control)
+                            .await;
+                    }
+                }
+                Ok(Claimed::Taken { node }) => {
+                    tracing::info!(client = %name, holder = %node, "cluster: name held on another node");
+                    return Err(Refusal::new(409, format!("name already connected: {name}")));
+                }
+                Err(e) => {
+                    tracing::warn!(client = %name, error = %e, "cluster: cannot claim a name");
+                    return self.down_admission(&name);
+                }
+            }
+        }
+        let header = Header::new(&self.node, Kind::Join, Some(name.as_str()));
+        let _ = self
+            .publish(&self.keys.all(), &header, "", ClusterKind::presence)
+            .await;
+        Ok(())
+    }
+
+    /// What a client gets while Redis is down, by `when_down`.
+    fn down_admission(&self, name: &ClientName) -> Result<(), Refusal> {
+        match self.when_down {
+            ClusterDown::Refuse => Err(Refusal::new(
+                503,
+                "cluster unavailable: the name registry (Redis) is unreachable",
+            )
+            .retry_after(RETRY_AFTER_DOWN)),
+            ClusterDown::Local => {
+                tracing::info!(client = %name, "cluster: Redis unreachable; admitted on this node only, claimed when Redis is back");
+                Ok(())
+            }
+        }
+    }
+
+    /// Claims the name of `handle`; `mode` is `reject`, `replace` or
+    /// `reclaim` (take it only if free or already this node's).
+    async fn claim(&self, handle: &SessionHandle, mode: &str) -> Result<Claimed, String> {
+        let name = handle.name();
+        let entry = self.entry(handle);
+        for _ in 0..3 {
+            let mut conn = self.conn();
+            let current: Option<String> = self
+                .call("HGET", conn.hget(self.keys.names(), name.as_str()))
+                .await?;
+            let current = current.unwrap_or_default();
+            let owner = current.split('|').next().unwrap_or_default();
+            let owner_names = if owner.is_empty() {
+                self.keys.node_names(&self.node)
+            } else {
+                self.keys.node_names(owner)
+            };
+            let mut invocation = self.scripts.claim.key(self.keys.names());
+            invocation
+                .key(self.keys.nodes())
+                .key(self.keys.node_names(&self.node))
+                .key(owner_names)
+                .arg(name.as_str())
+                .arg(&*self.node)
+                .arg(&entry)
+                .arg(mode)
+                .arg(&current);
+            let (verdict, previous): (String, String) = self
+                .call("claim", invocation.invoke_async(&mut conn))
+                .await?;
+            match verdict.as_str() {
+                "ok" => {
+                    let mut parts = previous.splitn(3, '|');
+                    let previous = match (parts.next(), parts.next()) {
+                        (Some(node), Some(id)) if !node.is_empty() => {
+                            id.parse().ok().map(|id| (node.to_owned(), id))
+                        }
+                        _ => None,
+                    };
+                    return Ok(Claimed::Ok { previous });
+                }
+                "taken" => {
+                    let node = previous.split('|').next().unwrap_or_default().to_owned();
+                    return Ok(Claimed::Taken { node });
+                }
+                _ => continue,
+            }
+        }
+        Err("the name's entry kept changing".into())
+    }
+
+    /// The registry entry of a session: `node|session|row`.
+    fn entry(&self, handle: &SessionHandle) -> String {
+        let row = ClientRow::of(handle, None);
+        let row = serde_json::to_string(&row).unwrap_or_default();
+        format!("{}|{}|{row}", self.node, handle.id())
+    }
+
+    /// Whether the registry says another node holds `name`.
+    async fn held_elsewhere(&self, name: &str) -> bool {
+        let mut conn = self.conn();
+        let entry: Result<Option<String>, String> =
+            self.call("HGET", conn.hget(self.keys.names(), name)).await;
+        entry.ok().flatten().is_some_and(|entry| {
+            entry
+                .split('|')
+                .next()
+                .is_some_and(|node| node != &*self.node)
+        })
+    }
+
+    /// After a refused admission (the session already removed here): stop
+    /// listening for the name unless another session here holds it.
+    pub(crate) async fn forget(&self, name: &str) {
+        if !self.router.holds(name) {
+            let _ = self.pubsub.unsubscribe(vec![self.keys.to(name)]).await;
+        }
+    }
+
+    /// The cluster's part of a session's end (already removed from the
+    /// router): release its rooms and its name, tell the other nodes.
+    pub(crate) async fn session_ended(&self, handle: &SessionHandle, rooms: Vec<Arc<str>>) {
+        let name = handle.name();
+        for room in rooms {
+            self.left(&room, name.as_str()).await;
+        }
+        let released = if handle.is_provisional() || self.policy == DuplicatePolicy::Allow {
+            true
+        } else {
+            let mut conn = self.conn();
+            let mut invocation = self.scripts.release.key(self.keys.names());
+            invocation
+                .key(self.keys.node_names(&self.node))
+                .arg(name.as_str())
+                .arg(format!("{}|{}|", self.node, handle.id()));
+            // A failed release is repaired when Redis is back (stale names
+            // are released by the recovery).
+            self.call("release", invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .is_ok_and(|n| n == 1)
+        };
+        if released && !self.router.holds(name.as_str()) {
+            let header = Header::new(&self.node, Kind::Leave, Some(name.as_str()));
+            let _ = self
+                .publish(&self.keys.all(), &header, "", ClusterKind::presence)
+                .await;
+        }
+        self.forget(name.as_str()).await;
+    }
+
+    /// A private message for `dst`, held on no session here: published to
+    /// the node(s) holding it. Ok(0): nobody holds it; Err: Redis failed.
+    pub(crate) async fn private(
+        &self,
+        from: &str,
+        dst: &str,
+        frame: &str,
+        id: Option<&RawValue>,
+    ) -> Result<usize, String> {
+        let mut header = Header::new(&self.node, Kind::Msg, Some(dst));
+        header.s = Some(from.to_owned());
+        header.i = id.map(RawValue::to_owned);
+        let reached = self
+            .publish(&self.keys.to(dst), &header, frame, ClusterKind::private)
+            .await?;
+        if reached > 0 {
+            return Ok(reached);
+        }
+        // Qt's Latin-1 Origin: the full name may be held as a provisional one.
+        let latin1 = qt_latin1(dst);
+        if latin1 != dst {
+            header.n = Some(latin1.to_string());
+            return self
+                .publish(&self.keys.to(&latin1), &header, frame, ClusterKind::private)
+                .await;
+        }
+        Ok(0)
+    }
+
+    /// A room message, already delivered to the members here: published to
+    /// the other nodes with members.
+    pub(crate) async fn room(&self, room: &str, frame: &str) -> Result<(), String> {
+        let header = Header::new(&self.node, Kind::Room, None);
+        self.publish(&self.keys.room(room), &header, frame, ClusterKind::room)
+            .await
+            .map(drop)
+    }
+
+    /// `name` joined `room` here: listen to the room, record the member.
+    pub(crate) async fn joined(&self, room: &str, name: &str) -> Result<(), String> {
+        self.pubsub.subscribe(vec![self.keys.room(room)]).await?;
+        let mut pipe = redis::pipe();
+        pipe.sadd(self.keys.room_members(room), name)
+            .ignore()
+            .sadd(self.keys.node_rooms(&self.node), format!("{room}\n{name}"))
+            .ignore();
+        let mut conn = self.conn();
+        self.call("SADD", pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// `name` left `room` here: stop listening when no member is left here.
+    pub(crate) async fn left(&self, room: &str, name: &str) {
+        if !self.router.has_members(room) {
+            let _ = self.pubsub.unsubscribe(vec![self.keys.room(room)]).await;
+        }
+        if self.router.names(Some(room)).iter().any(|n| n == name) {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.srem(self.keys.room_members(room), name)
+            .ignore()
+            .srem(self.keys.node_rooms(&self.node), format!("{room}\n{name}"))
+            .ignore();
+        let mut conn = self.conn();
+        let _ = self.call("SREM", pipe.query_async::<()>(&mut conn)).await;
+    }
+
+    /// Everyone connected: the names here and on the other nodes.
+    pub(crate) fn names(&self, mut local: Vec<String>) -> Vec<String> {
+        local.extend(self.mirror.names());
+        local.sort_unstable();
+        local.dedup();
+        local
+    }
+
+    /// The members of `room` on every node.
+    pub(crate) async fn room_names(&self, room: &str) -> Result<Vec<String>, String> {
+        let mut conn = self.conn();
+        let mut names: Vec<String> = self
+            .call("SMEMBERS", conn.smembers(self.keys.room_members(room)))
+            .await?;
+        names.extend(self.router.names(Some(room)));
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
+    // ------------------------------------------------------------ operator
+
+    /// The other nodes' clients, from the registry, each with its node.
+    pub(crate) async fn remote_clients(&self) -> Result<Vec<ClientRow>, String> {
+        let mut conn = self.conn();
+        let entries: HashMap<String, String> = self
+            .call("HGETALL", conn.hgetall(self.keys.names()))
+            .await?;
+        let mut rows: Vec<ClientRow> = entries
+            .values()
+            .filter_map(|entry| {
+                let mut parts = entry.splitn(3, '|');
+                let node = parts.next()?;
+                let _session = parts.next()?;
+                let row = parts.next()?;
+                if node == &*self.node {
+                    return None;
+                }
+                let mut row: ClientRow = serde_json::from_str(row).ok()?;
+                row.node = Some(node.to_owned());
+                Some(row)
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            a.connected_at
+                .cmp(&b.connected_at)
+                .then(a.name.cmp(&b.name))
+        });
+        Ok(rows)
+    }
+
+    /// The operator's text for `name` on the other nodes: how many took it.
+    pub(crate) async fn send(&self, name: &str, text: &str) -> Result<usize, String> {
+        let header = Header::new(&self.node, Kind::Send, Some(name));
+        self.publish(&self.keys.to(name), &header, text, ClusterKind::operator)
+            .await
+    }
+
+    /// The operator's broadcast to the other nodes: how many took it.
+    pub(crate) async fn broadcast(&self, text: &str) -> Result<usize, String> {
+        let header = Header::new(&self.node, Kind::Bcast, None);
+        let reached = self
+            .publish(&self.keys.all(), &header, text, ClusterKind::operator)
+            .await?;
+        // Every node listens to the channel, this one too.
+        Ok(reached.saturating_sub(1))
+    }
+
+    /// The operator's kick of `name` on the other nodes: how many nodes took it.
+    pub(crate) async fn kick(&self, name: &str, reason: Option<&str>) -> Result<usize, String> {
+        let header = Header::new(&self.node, Kind::Kick, Some(name));
+        self.publish(
+            &self.keys.to(name),
+            &header,
+            reason.unwrap_or(""),
+            ClusterKind::operator,
+        )
+        .await
+    }
+
+    // ------------------------------------------------------------ inbound
+
+    /// Acts on one message from Redis. Never waits: deliveries go into
+    /// sessions' queues, and the rare publish back runs as its own task.
+    fn dispatch(self: &Arc<Self>, channel: &str, payload: &[u8]) {
+        let Some((header, body)) = std::str::from_utf8(payload).ok().and_then(Header::decode)
+        else {
+            tracing::warn!(%channel, "cluster: a message no node of this version wrote; ignored");
+            return;
+        };
+        let Some(on) = self.keys.classify(channel) else {
+            return;
+        };
+        let ours = header.o == *self.node;
+        let router = &self.router;
+        let received = |kind| self.metrics.message(Direction::received, kind);
+        match (on, header.k) {
+            (keys::Channel::To(name), Kind::Msg) => {
+                received(ClusterKind::private);
+                if ours {
+                    // This node publishes only names it does not hold: its
+                    // own message back is a subscription about to go.
+                    return;
+                }
+                let delivery = router.send_to_name(name, || Message::text(body));
+                let why = if delivery.targets == 0 {
+                    wssgate_wire::notice::NOT_CONNECTED
+                } else if delivery.queued == 0 {
+                    wssgate_wire::notice::TOO_SLOW
+                } else {
+                    return;
+                };
+                // Told back, never dropped in silence: the name left (or its
+                // queue is full) between the sender's publish and here.
+                let Some(sender) = header.s else { return };
+                let mut back = Header::new(&self.node, Kind::Err, Some(&sender));
+                back.i = header.i;
+                let text = format!("{why}: {name}");
+                let cluster = self.clone();
+                let to = self.keys.node(&header.o);
+                let name = name.to_owned();
+                let full = delivery.targets > 0;
+                tokio::spawn(async move {
+                    // A stale subscription here (a name that moved) must not
+                    // answer for the node that delivered it.
+                    if !full && cluster.held_elsewhere(&name).await {
+                        cluster.forget(&name).await;
+                        return;
+                    }
+                    let _ = cluster
+                        .publish(&to, &back, &text, ClusterKind::control)
+                        .await;
+                });
+            }
+            (keys::Channel::To(name), Kind::Send) => {
+                received(ClusterKind::operator);
+                router.send_to_name(name, || Message::text(body));
+            }
+            (keys::Channel::To(name), Kind::Kick) => {
+                received(ClusterKind::operator);
+                let reason = Some(body).filter(|r| !r.is_empty());
+                router.kick(name, reason);
+            }
+            (keys::Channel::Room(room), Kind::Room) => {
+                received(ClusterKind::room);
+                if !ours {
+                    router.deliver_to_room(room, || Message::text(body));
+                }
+            }
+            (keys::Channel::All, Kind::Bcast) => {
+                received(ClusterKind::operator);
+                if !ours {
+                    router.broadcast(Message::text(body));
+                }
+            }
+            (keys::Channel::All, Kind::Join) => {
+                received(ClusterKind::presence);
+                let node: Arc<str> = header.o.as_str().into();
+                if let Some(name) = header.n.filter(|_| !ours)
+                    && self.mirror.add(&name, &node)
+                    && let Ok(name) = ClientName::new(&name)
+                {
+                    router.announce_remote(Presence::Join, name);
+                }
+            }
+            (keys::Channel::All, Kind::Leave) => {
+                received(ClusterKind::presence);
+                let node = header.d.as_deref().unwrap_or(&header.o);
+                if node == &*self.node {
+                    return;
+                }
+                if let Some(name) = header.n
+                    && self.mirror.remove(&name, node)
+                    && !router.holds(&name)
+                    && let Ok(name) = ClientName::new(&name)
+                {
+                    router.announce_remote(Presence::Leave, name);
+                }
+            }
+            (keys::Channel::Node, Kind::Replace) => {
+                received(ClusterKind::control);
+                if let (Some(name), Some(id)) = (header.n, header.id) {
+                    router.replaced_elsewhere(&name, id);
+                }
+            }
+            (keys::Channel::Node, Kind::Err) => {
+                received(ClusterKind::control);
+                let Some(sender) = header.n else { return };
+                let notice = Notice::error(&sender, body, header.i.as_deref()).to_json();
+                router.send_to_name(&sender, || Message::text(notice));
+            }
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------ upkeep
+
+    /// Renews this node's lease. Ok(false): the lease had run out (this
+    /// node may have been reaped), so its names must be claimed again.
+    async fn beat(&self) -> Result<bool, String> {
+        let started = Instant::now();
+        let mut conn = self.conn();
+        let mut invocation = self.scripts.heartbeat.key(self.keys.nodes());
+        invocation
+            .arg(&*self.node)
+            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX));
+        let held: i64 = self
+            .call("heartbeat", invocation.invoke_async(&mut conn))
+            .await?;
+        self.metrics.rtt.set(started.elapsed().as_secs_f64());
+        tracing::debug!(node = %self.node, held, "cluster: lease renewed");
+        Ok(held == 1)
+    }
+
+    /// The heartbeat: renew the lease, reap dead nodes, and resync what
+    /// events may have left wrong; recover after Redis comes back.
+    async fn heartbeats(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_resync = Instant::now();
+        let mut was_up = true;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.recover.notified() => {
+                    self.recovered().await;
+                    continue;
+                }
+                _ = tick.tick() => {}
+            }
+            match self.beat().await {
+                Ok(held) => {
+                    if !held || !was_up {
+                        // Redis came back (maybe empty) or this node was
+                        // reaped: claim again, and admit no new name until
+                        // every live node had a lease to do the same.
+                        tracing::info!(node = %self.node, settle = ?self.lease, "cluster: Redis is back; the name registry settles for one lease");
+                        self.settle();
+                        self.recovered().await;
+                        last_resync = Instant::now();
+                    }
+                    was_up = true;
+                    if self.settled() {
+                        // Names admitted on this node meanwhile (when_down = "local").
+                        self.recovered().await;
+                        tracing::info!(node = %self.node, "cluster: the name registry settled");
+                    }
+                }
+                Err(e) => {
+                    if was_up {
+                        tracing::warn!(node = %self.node, error = %e, "cluster: heartbeat failed");
+                    }
+                    was_up = false;
+                    continue;
+                }
+            }
+            self.reap().await;
+            if last_resync.elapsed() >= RESYNC_INTERVAL {
+                last_resync = Instant::now();
+                self.resync_mirror().await;
+                self.pubsub.reconcile(&self).await;
+            }
+        }
+        // A clean stop: the lease ends now. The sessions closing release
+        // their names; whatever they could not, the next reaper frees and
+        // announces.
+        let mut conn = self.conn();
+        let _: Result<(), String> = self
+            .call("ZADD", conn.zadd(self.keys.nodes(), &*self.node, 0))
+            .await;
+    }
+
+    /// Frees the names of nodes whose lease ran out and announces them gone.
+    async fn reap(&self) {
+        let mut conn = self.conn();
+        let mut invocation = self.scripts.reap.key(self.keys.nodes());
+        invocation
+            .key(self.keys.names())
+            .arg(self.keys.node_prefix())
+            .arg(self.keys.room_prefix());
+        let Ok(dead) = self
+            .call(
+                "reap",
+                invocation.invoke_async::<Vec<(String, Vec<String>, i64)>>(&mut conn),
+            )
+            .await
+        else {
+            return;
+        };
+        for (node, names, late_ms) in dead {
+            self.metrics.reaped.inc();
+            tracing::warn!(node = %self.node, dead = %node, names = names.len(), late_ms, "cluster: a node's lease ran out; its names are free");
+            for name in names {
+                let mut header = Header::new(&self.node, Kind::Leave, Some(&name));
+                header.d = Some(node.clone());
+                let _ = self
+                    .publish(&self.keys.all(), &header, "", ClusterKind::presence)
+                    .await;
+            }
+        }
+    }
+
+    /// After Redis came back (or this node's lease had run out): claim this
+    /// node's names again (newest owner wins: a name another node took
+    /// meanwhile closes the session here with 4000), release the names it
+    /// no longer holds, record its rooms again, resync the mirror.
+    async fn recovered(&self) {
+        tracing::info!(node = %self.node, "cluster: claiming this node's names again");
+        let sessions = self.router.sessions();
+        for handle in &sessions {
+            let name = handle.name();
+            if !handle.is_provisional() && self.policy != DuplicatePolicy::Allow {
+                match self.claim(handle, "reclaim").await {
+                    Ok(Claimed::Ok { previous: None }) => {
+                        // It had been freed (reaped): the others announced a leave.
+                        let header = Header::new(&self.node, Kind::Join, Some(name.as_str()));
+                        let _ = self
+                            .publish(&self.keys.all(), &header, "", ClusterKind::presence)
+                            .await;
+                    }
+                    Ok(Claimed::Ok { .. }) => {}
+                    Ok(Claimed::Taken { node }) => {
+                        tracing::info!(client = %name, holder = %node, "cluster: the name was taken on another node meanwhile; replaced");
+                        self.router.replaced_elsewhere(name.as_str(), handle.id());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: recovery stopped; retried at the next heartbeat");
+                        return;
+                    }
+                }
+            }
+            for room in self.router.rooms_of(handle) {
+                let _ = self.joined(&room, name.as_str()).await;
+            }
+        }
+        self.release_stale().await;
+        self.resync_mirror().await;
+    }
+
+    /// Releases names the registry says this node holds but no session here
+    /// does (a release that failed while Redis was down).
+    async fn release_stale(&self) {
+        let mut conn = self.conn();
+        let Ok(held) = self
+            .call(
+                "SMEMBERS",
+                conn.smembers::<_, Vec<String>>(self.keys.node_names(&self.node)),
+            )
+            .await
+        else {
+            return;
+        };
+        for name in held.into_iter().filter(|n| !self.router.holds(n)) {
+            let mut invocation = self.scripts.release.key(self.keys.names());
+            invocation
+                .key(self.keys.node_names(&self.node))
+                .arg(&name)
+                .arg(format!("{}|", self.node));
+            if self
+                .call("release", invocation.invoke_async::<i64>(&mut conn))
+                .await
+                .is_ok_and(|n| n == 1)
+            {
+                let header = Header::new(&self.node, Kind::Leave, Some(&name));
+                let _ = self
+                    .publish(&self.keys.all(), &header, "", ClusterKind::presence)
+                    .await;
+            }
+        }
+    }
+
+    /// Rebuilds the mirror of the other nodes' names from the registry and
+    /// announces what changed (events are at most once).
+    async fn resync_mirror(&self) {
+        let mut conn = self.conn();
+        let Ok(entries) = self
+            .call(
+                "HGETALL",
+                conn.hgetall::<_, HashMap<String, String>>(self.keys.names()),
+            )
+            .await
+        else {
+            return;
+        };
+        let mut fresh: HashMap<String, BTreeSet<Arc<str>>> = HashMap::new();
+        for (name, entry) in entries {
+            let node = entry.split('|').next().unwrap_or_default();
+            if node != &*self.node {
+                fresh.entry(name).or_default().insert(node.into());
+            }
+        }
+        let (joined, left) = self.mirror.replace(fresh);
+        for (event, names) in [(Presence::Join, joined), (Presence::Leave, left)] {
+            for name in names {
+                if !self.router.holds(&name)
+                    && let Ok(name) = ClientName::new(&name)
+                {
+                    self.router.announce_remote(event, name);
+                }
+            }
+        }
+    }
+
+    /// The channels this node must listen to now: its own, every name it
+    /// holds, every room with a member here.
+    fn wanted(&self) -> Vec<String> {
+        let mut channels = vec![self.keys.all(), self.keys.node(&self.node)];
+        channels.extend(self.router.local_names().iter().map(|n| self.keys.to(n)));
+        channels.extend(self.router.local_rooms().iter().map(|r| self.keys.room(r)));
+        channels
+    }
+}
+
+/// The outcome of a claim.
+enum Claimed {
+    /// The name is this session's; `previous` is the holder it replaced
+    /// (node, session), if any.
+    Ok { previous: Option<(String, u64)> },
+    /// A live session on `node` holds it.
+    Taken { node: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigDuration;
+
+    fn config(redis: &str) -> ClusterConfig {
+        ClusterConfig {
+            redis: redis.into(),
+            password_env: None,
+            node_id: None,
+            prefix: "wsg".into(),
+            lease: ConfigDuration(Duration::from_secs(5)),
+            heartbeat: ConfigDuration(Duration::from_secs(1)),
+            at_start: ClusterStart::Refuse,
+            when_down: ClusterDown::Refuse,
+        }
+    }
+
+    #[test]
+    fn config_rules() {
+        assert!(check_config(&config("redis://127.0.0.1:6379/0")).is_ok());
+        assert!(check_config(&config("unix:///tmp/r.sock")).is_ok());
+        assert!(check_config(&config("rediss://h:6380/")).is_ok());
+        let err = check_config(&config("http://x")).unwrap_err();
+        assert!(err.contains("not a Redis URL"), "{err}");
+        let mut c = config("redis://h/");
+        c.prefix = "a{b}".into();
+        assert!(check_config(&c).unwrap_err().contains("prefix"));
+        let mut c = config("redis://h/");
+        c.node_id = Some("a|b".into());
+        assert!(check_config(&c).unwrap_err().contains("node_id"));
+        let mut c = config("redis://h/");
+        c.heartbeat = ConfigDuration(Duration::from_secs(3));
+        assert!(check_config(&c).unwrap_err().contains("half the lease"));
+        let mut c = config("redis://h/");
+        c.password_env = Some("WSSGATE_TEST_SURELY_UNSET_VARIABLE".into());
+        assert!(check_config(&c).unwrap_err().contains("is not set"));
+    }
+
+    #[test]
+    fn default_node_ids_differ_between_starts() {
+        let (a, b) = (default_node_id(), default_node_id());
+        assert_ne!(a, b);
+        assert!(a.contains(&format!("-{}-", std::process::id())), "{a}");
+        assert!(!a.contains('|') && !a.contains(':') && !a.contains('{'));
+    }
+
+    #[test]
+    fn the_mirror_counts_nodes_per_name() {
+        let m = Mirror::default();
+        let (n1, n2): (Arc<str>, Arc<str>) = ("n1".into(), "n2".into());
+        assert!(m.add("a", &n1));
+        assert!(!m.add("a", &n2));
+        assert!(!m.remove("a", "n1"));
+        assert!(m.remove("a", "n2"));
+        assert!(m.names().is_empty());
+        m.add("b", &n1);
+        let fresh = HashMap::from([("c".to_owned(), BTreeSet::from([n2.clone()]))]);
+        let (joined, left) = m.replace(fresh);
+        assert_eq!((joined, left), (vec!["c".to_owned()], vec!["b".to_owned()]));
+    }
+}

@@ -1,0 +1,116 @@
+//! The registry's Lua scripts: each runs atomically in Redis, reads the
+//! time from Redis (no clock skew between nodes), and touches only keys
+//! under the one hash tag. `redis::Script` sends them by SHA and falls back
+//! to the source when Redis does not know it yet (after a restart, say).
+
+use redis::Script;
+
+/// Renews a node's lease. Returns 1 when the lease was still held, 0 when
+/// it was absent or run out (the node may have been reaped meanwhile, and
+/// must claim its names again).
+///
+/// KEYS: nodes. ARGV: node, lease in ms.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if held and tonumber(held) >= now then return 1 end
+return 0
+";
+
+/// Claims a name for a session, by the duplicate policy, if the name's
+/// entry is still what the caller read (compare and set).
+///
+/// KEYS: names, nodes, this node's names, the current owner's names.
+/// ARGV: name, this node, the new entry, mode (`reject`, `replace`,
+/// `reclaim`), the entry the caller read (`''`: none).
+/// Returns `{'ok', previous entry}`, `{'taken', entry}` or
+/// `{'retry', entry}` (the entry changed since it was read).
+const CLAIM: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+if cur ~= ARGV[5] then return {'retry', cur} end
+if cur ~= '' then
+  local owner = string.match(cur, '^([^|]*)')
+  if owner ~= ARGV[2] then
+    local lease = redis.call('ZSCORE', KEYS[2], owner)
+    if lease and tonumber(lease) >= now and ARGV[4] ~= 'replace' then
+      return {'taken', cur}
+    end
+    redis.call('SREM', KEYS[4], ARGV[1])
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[1])
+return {'ok', cur}
+";
+
+/// Releases a name if this session still holds it (compare and delete).
+/// Returns 1 when released, 0 when someone else holds it now.
+///
+/// KEYS: names, this node's names. ARGV: name, `node|session|`.
+const RELEASE: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.sub(cur, 1, #ARGV[2]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+";
+
+/// Reaps every node whose lease ran out: frees the names it still held and
+/// its room memberships. Only the first node to run it for a dead node gets
+/// that node's names back, so exactly one node announces their leave.
+///
+/// KEYS: nodes, names. ARGV: node key prefix, room key prefix.
+/// Returns `{{node, {names...}, ms since its lease ran out}, ...}`.
+const REAP: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+local out = {}
+for _, node in ipairs(dead) do
+  local late = now - tonumber(redis.call('ZSCORE', KEYS[1], node))
+  redis.call('ZREM', KEYS[1], node)
+  local gone = {}
+  local held = ARGV[1] .. node .. ':names'
+  for _, name in ipairs(redis.call('SMEMBERS', held)) do
+    local cur = redis.call('HGET', KEYS[2], name)
+    if cur and string.sub(cur, 1, #node + 1) == node .. '|' then
+      redis.call('HDEL', KEYS[2], name)
+      gone[#gone + 1] = name
+    end
+  end
+  redis.call('DEL', held)
+  local rooms = ARGV[1] .. node .. ':rooms'
+  for _, pair in ipairs(redis.call('SMEMBERS', rooms)) do
+    local room, name = string.match(pair, '^(.-)\n(.*)$')
+    if room then redis.call('SREM', ARGV[2] .. room, name) end
+  end
+  redis.call('DEL', rooms)
+  out[#out + 1] = {node, gone, late}
+end
+return out
+";
+
+/// The scripts, hashed once.
+pub(crate) struct Scripts {
+    pub(crate) heartbeat: Script,
+    pub(crate) claim: Script,
+    pub(crate) release: Script,
+    pub(crate) reap: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Scripts {
+        Scripts {
+            heartbeat: Script::new(HEARTBEAT),
+            claim: Script::new(CLAIM),
+            release: Script::new(RELEASE),
+            reap: Script::new(REAP),
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! Several gateway nodes over a real Redis (tests/common/redis.rs starts one
+//! per test): what PROTOCOL.md promises works the same whether two clients
+//! share a node or not, and the failure behaviours of the README's "Several
+//! nodes" section, against Redis stopped, restarted, and with only its
+//! PUB/SUB connections cut, and a node killed with SIGKILL.
+
+mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use redis_server::Redis;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use wssgate_bench::soak::gateway::{field, strip_ansi};
+
+/// Lease and heartbeat short enough for a crash test to be quick.
+const TIMINGS: &str = "lease = \"1s\"\nheartbeat = \"200ms\"\n";
+
+/// A gateway node `id` on `redis`; `extra` is TOML before `[cluster]`,
+/// `cluster` more keys of `[cluster]`.
+async fn node(redis: &Redis, id: &str, extra: &str, cluster: &str) -> Gateway {
+    start_config(&node_config(redis, id, extra, cluster)).await
+}
+
+fn node_config(redis: &Redis, id: &str, extra: &str, cluster: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n\n{extra}\n\n\
+         [cluster]\nredis = {:?}\nnode_id = \"{id}\"\n{TIMINGS}{cluster}",
+        redis.url()
+    )
+}
+
+/// Waits until `check` holds, checking every 20 ms (each check awaits a
+/// real answer: a health check, a delivered message).
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn health(gw: &Gateway) -> String {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/healthz", gw.admin))
+        .send()
+        .await
+        .expect("healthz");
+    response.text().await.unwrap_or_default()
+}
+
+/// A private message from `from` to `to`'s name, received by `to`.
+async fn private(from: &mut Ws, to: &mut Ws, to_name: &str, text: &str) -> Value {
+    send_json(from, &json!({"dst": to_name, "msg": text})).await;
+    recv_json(to).await
+}
+
+#[tokio::test]
+async fn private_messages_cross_nodes_and_unknown_names_are_answered() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    let mut alice = connect(&n1, "alice").await;
+    let mut bob = connect(&n2, "bob").await;
+
+    let got = private(&mut alice, &mut bob, "bob", "hi bob").await;
+    assert_eq!(got, json!({"src": "alice", "dst": "bob", "msg": "hi bob"}));
+    // src is the gateway's, even spoofed, across nodes too.
+    send_json(
+        &mut bob,
+        &json!({"src": "mallory", "dst": "alice", "msg": "hi"}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut alice).await["src"], "bob");
+
+    // Nobody holds the name on any node: the same error as on one node.
+    send_json(&mut alice, &json!({"dst": "nobody", "msg": "x", "id": 7})).await;
+    let error = recv_json(&mut alice).await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["msg"], "recipient not connected: nobody");
+    assert_eq!(error["ref"], 7);
+
+    // list is cluster-wide.
+    assert_eq!(list(&mut alice).await, ["alice", "bob"]);
+    assert_eq!(list(&mut bob).await, ["alice", "bob"]);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_span_nodes_and_a_node_leaves_a_room_it_has_no_member_of() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    let mut alice = connect(&n1, "alice").await;
+    let mut bob = connect(&n2, "bob").await;
+    let mut carol = connect(&n2, "carol").await;
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        send_json(ws, &json!({"type": "join", "room": "#r"})).await;
+        list(ws).await;
+    }
+    send_json(&mut alice, &json!({"type": "list", "room": "#r", "id": 1})).await;
+    assert_eq!(
+        recv_json(&mut alice).await["names"],
+        json!(["alice", "bob", "carol"])
+    );
+
+    send_json(&mut alice, &json!({"dst": "#r", "msg": "to the room"})).await;
+    for ws in [&mut bob, &mut carol] {
+        let got = recv_json(ws).await;
+        assert_eq!(
+            (got["src"].as_str(), got["msg"].as_str()),
+            (Some("alice"), Some("to the room"))
+        );
+    }
+    send_json(&mut carol, &json!({"dst": "#r", "msg": "from n2"})).await;
+    assert_eq!(recv_json(&mut alice).await["msg"], "from n2");
+    assert_eq!(recv_json(&mut bob).await["msg"], "from n2");
+    // The sender got nothing back: its next frame is its list reply.
+    assert_eq!(list(&mut alice).await, ["alice", "bob", "carol"]);
+    assert_eq!(list(&mut carol).await, ["alice", "bob", "carol"]);
+
+    assert_eq!(redis.subscribers("wsg:room:#r").await, 2);
+    for ws in [&mut bob, &mut carol] {
+        send_json(ws, &json!({"type": "leave", "room": "#r"})).await;
+        list(ws).await;
+    }
+    assert_eq!(
+        redis.subscribers("wsg:room:#r").await,
+        1,
+        "n2 has no member left"
+    );
+    send_json(&mut alice, &json!({"type": "list", "room": "#r", "id": 2})).await;
+    assert_eq!(recv_json(&mut alice).await["names"], json!(["alice"]));
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn presence_is_told_across_nodes() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "[routing]\npresence = true\n", "").await;
+    let n2 = node(&redis, "n2", "[routing]\npresence = true\n", "").await;
+    let mut alice = connect(&n1, "alice").await;
+    let bob = connect(&n2, "bob").await;
+    let join = recv_json(&mut alice).await;
+    assert_eq!(
+        (join["event"].as_str(), join["name"].as_str()),
+        (Some("join"), Some("bob"))
+    );
+    drop(bob);
+    let leave = recv_json(&mut alice).await;
+    assert_eq!(
+        (leave["event"].as_str(), leave["name"].as_str()),
+        (Some("leave"), Some("bob"))
+    );
+    assert_eq!(list(&mut alice).await, ["alice"]);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_names_follow_the_policy_across_nodes() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    // reject: 409 on the second node.
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    let _alice = connect(&n1, "alice").await;
+    let refused = try_connect(&n2.url("/?name=alice"), None).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 409);
+        }
+        other => panic!("the second alice must get 409: {:?}", other.map(|_| ())),
+    }
+    n1.stop().await;
+    n2.stop().await;
+
+    // replace: the older session, on the other node, is closed with 4000.
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let replace = "[routing]\non_duplicate = \"replace\"\npresence = true\n";
+    let n1 = node(&redis, "n1", replace, "").await;
+    let n2 = node(&redis, "n2", replace, "").await;
+    let mut old = connect(&n1, "alice").await;
+    let mut bob = connect(&n1, "bob").await;
+    let join = recv_json(&mut old).await;
+    assert_eq!(join["name"], "bob");
+    let mut new = connect(&n2, "alice").await;
+    let (code, reason, _) = recv_close(&mut old).await;
+    assert_eq!((code, reason.as_str()), (4000, "replaced"));
+    // bob on n1 reaches the new alice on n2, and saw no leave for alice.
+    let got = private(&mut bob, &mut new, "alice", "to the new one").await;
+    assert_eq!(got["msg"], "to the new one");
+    // bob is told of the new alice's join (never of a leave), then his list.
+    let join = recv_json(&mut bob).await;
+    assert_eq!(
+        (join["event"].as_str(), join["name"].as_str()),
+        (Some("join"), Some("alice"))
+    );
+    assert_eq!(list(&mut bob).await, ["alice", "bob"]);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn the_operator_api_sees_and_reaches_every_node() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    let mut alice = connect(&n1, "alice").await;
+    let mut bob = connect(&n2, "bob").await;
+
+    let rows = n1.operator().clients().await.unwrap();
+    let nodes: Vec<(String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.name.clone(), r.node.clone()))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("alice".to_owned(), Some("n1".to_owned())),
+            ("bob".to_owned(), Some("n2".to_owned()))
+        ]
+    );
+    let bob_row = rows.iter().find(|r| r.name == "bob").unwrap();
+    assert!(bob_row.remote.starts_with("127.0.0.1:"), "{bob_row:?}");
+
+    // send to a client on the other node.
+    assert_eq!(
+        n1.operator()
+            .send("bob", "from n1's operator")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(recv_text(&mut bob).await, "from n1's operator");
+    // broadcast reaches both nodes.
+    n1.operator().broadcast("everyone").await.unwrap();
+    assert_eq!(recv_text(&mut alice).await, "everyone");
+    assert_eq!(recv_text(&mut bob).await, "everyone");
+    // kick on the other node.
+    assert_eq!(n1.operator().kick("bob", Some("bye")).await.unwrap(), 1);
+    let (code, reason, _) = recv_close(&mut bob).await;
+    assert_eq!((code, reason.as_str()), (4001, "kicked: bye"));
+    // Unknown everywhere: 404.
+    assert!(n1.operator().send("nobody", "x").await.is_err());
+    assert!(health(&n1).await.contains("cluster: up"));
+    let metrics = metrics(&n1).await;
+    assert!(
+        metrics
+            .contains("wssgate_cluster_messages_total{direction=\"published\",kind=\"operator\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wssgate_cluster_up{node=\"n1\"} 1"),
+        "{metrics}"
+    );
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn redis_stopped_and_restarted_in_the_middle_of_traffic() {
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    let mut alice = connect(&n1, "alice").await;
+    let mut carol = connect(&n1, "carol").await;
+    let mut bob = connect(&n2, "bob").await;
+    private(&mut alice, &mut bob, "bob", "before").await;
+
+    redis.stop().await;
+    until("n1 sees Redis down", || async {
+        health(&n1).await.contains("cluster: down")
+    })
+    .await;
+    // Local traffic goes on.
+    let got = private(&mut alice, &mut carol, "carol", "local").await;
+    assert_eq!(got["msg"], "local");
+    // A message for the other node: a distinct error, not "not connected".
+    send_json(&mut alice, &json!({"dst": "bob", "msg": "x", "id": "b1"})).await;
+    let error = recv_json(&mut alice).await;
+    assert_eq!(
+        error["msg"], "cluster unavailable: cannot reach bob",
+        "{error}"
+    );
+    assert_eq!(error["ref"], "b1");
+    // New connections: 503 with Retry-After (when_down = "refuse").
+    match try_connect(&n1.url("/?name=dave"), None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("503 while Redis is down: {:?}", other.map(|_| ())),
+    }
+
+    redis.restart().await;
+    until("both nodes see Redis up", || async {
+        health(&n1).await.contains("cluster: up") && health(&n2).await.contains("cluster: up")
+    })
+    .await;
+    // Names registered again: a second alice on n2 is refused; cross-node works.
+    until("alice's name registered again", || async {
+        matches!(
+            try_connect(&n2.url("/?name=alice"), None).await,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 409
+        )
+    })
+    .await;
+    let got = private(&mut alice, &mut bob, "bob", "after").await;
+    assert_eq!(got["msg"], "after");
+    let got = private(&mut bob, &mut carol, "carol", "back").await;
+    assert_eq!(got["src"], "bob");
+    assert_eq!(list(&mut bob).await, ["alice", "bob", "carol"]);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn only_the_pubsub_connections_dropped() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    let mut alice = connect(&n1, "alice").await;
+    let mut bob = connect(&n2, "bob").await;
+    send_json(&mut bob, &json!({"type": "join", "room": "#r"})).await;
+    list(&mut bob).await;
+    send_json(&mut alice, &json!({"type": "join", "room": "#r"})).await;
+    list(&mut alice).await;
+
+    assert!(redis.kill_pubsub_clients().await >= 2);
+    // Subscribed again without anyone's help: names and rooms.
+    until("bob's channel subscribed again", || async {
+        redis.subscribers("wsg:to:bob").await == 1 && redis.subscribers("wsg:room:#r").await == 2
+    })
+    .await;
+    let got = private(&mut alice, &mut bob, "bob", "after the cut").await;
+    assert_eq!(got["msg"], "after the cut");
+    send_json(&mut bob, &json!({"dst": "#r", "msg": "room after the cut"})).await;
+    assert_eq!(recv_json(&mut alice).await["msg"], "room after the cut");
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn redis_down_with_when_down_local_admits_and_claims_later() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("wssgate=debug")
+        .try_init();
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "when_down = \"local\"\n").await;
+    let n2 = node(&redis, "n2", "", "when_down = \"local\"\n").await;
+    redis.stop().await;
+    until("n1 sees Redis down", || async {
+        health(&n1).await.contains("cluster: down")
+    })
+    .await;
+    // Admitted on this node only.
+    let mut erin = connect(&n1, "erin").await;
+    redis.restart().await;
+    // (Probing n2 before it is up would admit a local erin there too: the
+    // conflict `when_down = "local"` accepts, resolved at recovery.)
+    until("both nodes see Redis up", || async {
+        health(&n1).await.contains("cluster: up") && health(&n2).await.contains("cluster: up")
+    })
+    .await;
+    until("erin claimed once Redis is back", || async {
+        matches!(
+            try_connect(&n2.url("/?name=erin"), None).await,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 409
+        )
+    })
+    .await;
+    let mut fay = connect(&n2, "fay").await;
+    let got = private(&mut fay, &mut erin, "erin", "found you").await;
+    assert_eq!(got["src"], "fay");
+    n1.stop().await;
+    n2.stop().await;
+}
+
+/// `wssgate serve` as a process (so that it can be killed with SIGKILL).
+struct Process {
+    child: tokio::process::Child,
+    ws: SocketAddr,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Process {
+    async fn start(config: &str) -> Process {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wssgate"))
+            .args(["serve", "--config"])
+            .arg(file.path())
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("wssgate serve starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ws = loop {
+            let line = tokio::time::timeout(WAIT, lines.next_line())
+                .await
+                .expect("a log line in time")
+                .expect("stdout")
+                .expect("wssgate serve ended before listening");
+            let line = strip_ansi(&line);
+            if line.contains("listening") && field(&line, "listener") == Some("ws") {
+                break field(&line, "addr").unwrap().parse().unwrap();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process {
+            child,
+            ws,
+            _config: file,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_without_cleanup_frees_its_names_within_the_lease() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let presence = "[routing]\npresence = true\n";
+    let doomed = Process::start(&node_config(&redis, "doomed", presence, "")).await;
+    let survivor = node(&redis, "survivor", presence, "").await;
+    let mut bob = connect(&survivor, "bob").await;
+    let (mut alice, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/?name=alice", doomed.ws))
+            .await
+            .expect("alice on the doomed node");
+    let join = recv_json(&mut bob).await;
+    assert_eq!(
+        (join["event"].as_str(), join["name"].as_str()),
+        (Some("join"), Some("alice"))
+    );
+    // While the node lives, the name is taken.
+    assert!(
+        try_connect(&survivor.url("/?name=alice"), None)
+            .await
+            .is_err()
+    );
+
+    let started = std::time::Instant::now();
+    let mut doomed = doomed;
+    doomed.child.start_kill().unwrap();
+    doomed.child.wait().await.unwrap();
+    let _ = futures_util::StreamExt::next(&mut alice).await;
+    // The survivor announces alice's leave once the lease ran out...
+    let leave = recv_json(&mut bob).await;
+    assert_eq!(
+        (leave["event"].as_str(), leave["name"].as_str()),
+        (Some("leave"), Some("alice"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // ...and alice may come back there under her name.
+    let mut alice = connect(&survivor, "alice").await;
+    let got = private(&mut bob, &mut alice, "alice", "welcome back").await;
+    assert_eq!(got["msg"], "welcome back");
+    survivor.stop().await;
+}
+
+#[tokio::test]
+async fn redis_unreachable_at_start_refuses_or_waits() {
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    redis.stop().await;
+    // refuse (the default): the gateway says why and does not start.
+    let config = Config::parse(
+        &node_config(&redis, "n1", "", ""),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let error = match wssgate::Server::bind(config).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started without Redis"),
+    };
+    assert!(error.contains("cannot reach Redis"), "{error}");
+    assert!(error.contains("at_start"), "{error}");
+
+    // wait: it starts once Redis answers.
+    let config = Config::parse(
+        &node_config(&redis, "n1", "", "at_start = \"wait\"\n"),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let bind = tokio::spawn(wssgate::Server::bind(config));
+    redis.restart().await;
+    let server = tokio::time::timeout(WAIT, bind)
+        .await
+        .expect("starts once Redis answers")
+        .unwrap()
+        .expect("binds");
+    assert!(server.admin_addr().is_some());
+}
+
+use wssgate::Config;
