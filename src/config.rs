@@ -99,6 +99,10 @@ pub struct ClusterConfig {
     /// putting it in the URL).
     #[serde(default)]
     pub password_env: Option<String>,
+    /// PEM file of the CA that a `rediss://` server's certificate must
+    /// chain to (default: the system's roots).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
     /// This node's id; default: host name, process id and a random suffix,
     /// new at every start (a restarted node never inherits a dead one's lease).
     #[serde(default)]
@@ -129,6 +133,7 @@ impl std::fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("redis", &"<redacted>")
             .field("password_env", &self.password_env)
+            .field("tls_ca", &self.tls_ca)
             .field("node_id", &self.node_id)
             .field("prefix", &self.prefix)
             .field("lease", &self.lease)

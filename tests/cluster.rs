@@ -410,6 +410,165 @@ async fn redis_down_with_when_down_local_admits_and_claims_later() {
     n2.stop().await;
 }
 
+#[tokio::test]
+async fn a_ws_client_on_one_node_and_a_wss_client_on_the_other() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        certs.path().join("server.pem"),
+        certs.path().join("server-key.pem"),
+    );
+    let ca = wssgate::certgen::ensure_dev_certs(&cert, &key)
+        .unwrap()
+        .expect("generated")
+        .ca_cert;
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = start_config(&format!(
+        "[[listener]]\nname = \"wss\"\nbind = \"127.0.0.1:0\"\nmode = \"secure\"\n\
+         cert = {cert:?}\nkey = {key:?}\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
+         [cluster]\nredis = {:?}\nnode_id = \"n2\"\n{TIMINGS}",
+        redis.url()
+    ))
+    .await;
+    let mut plain = connect(&n1, "plain").await;
+    let opts = wssgate_client::ConnectOptions {
+        url: format!("wss://localhost:{}/", n2.ws.port()),
+        name: "secure".into(),
+        tls: wssgate_client::ClientTls {
+            trust: wssgate_client::ServerTrust::Ca(ca),
+            identity: None,
+        },
+        known_hosts: std::path::PathBuf::new(),
+        token: None,
+    };
+    let (mut secure, _) = wssgate_client::connect(&opts).await.expect("wss client");
+    send_json(&mut plain, &json!({"dst": "secure", "msg": "ws to wss"})).await;
+    let got = recv_json(&mut secure).await;
+    assert_eq!(
+        (got["src"].as_str(), got["msg"].as_str()),
+        (Some("plain"), Some("ws to wss"))
+    );
+    for ws in [&mut plain] {
+        send_json(ws, &json!({"type": "join", "room": "#mixed"})).await;
+        list(ws).await;
+    }
+    send_json(&mut secure, &json!({"type": "join", "room": "#mixed"})).await;
+    list(&mut secure).await;
+    send_json(
+        &mut secure,
+        &json!({"dst": "#mixed", "msg": "wss to the room"}),
+    )
+    .await;
+    let got = recv_json(&mut plain).await;
+    assert_eq!(
+        (got["src"].as_str(), got["msg"].as_str()),
+        (Some("secure"), Some("wss to the room"))
+    );
+    let rows = n1.operator().clients().await.unwrap();
+    let tls: Vec<(String, bool)> = rows.iter().map(|r| (r.name.clone(), r.tls)).collect();
+    assert_eq!(
+        tls,
+        [("plain".to_owned(), false), ("secure".to_owned(), true)]
+    );
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn a_qt_provisional_name_is_reached_by_its_full_name_from_another_node() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    // Qt writes Origin in Latin-1: the name arrives as C1????? (provisional).
+    let mut qt = connect_origin(&n2, "C1?????".as_bytes()).await;
+    let mut bob = connect(&n1, "bob").await;
+    let got = private(&mut bob, &mut qt, "C1我是客户端", "to the full name").await;
+    assert_eq!(got["msg"], "to the full name");
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn rediss_with_the_ca_given_and_a_password_from_the_environment() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        certs.path().join("server.pem"),
+        certs.path().join("server-key.pem"),
+    );
+    let ca = wssgate::certgen::ensure_dev_certs(&cert, &key)
+        .unwrap()
+        .expect("generated")
+        .ca_cert;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(redis) = Redis::start_tls(port, &cert, &key).await else {
+        return;
+    };
+    let tls = |id: &str| {
+        format!(
+            "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
+             [cluster]\nredis = \"rediss://localhost:{port}/0\"\ntls_ca = {ca:?}\nnode_id = \"{id}\"\n{TIMINGS}"
+        )
+    };
+    let n1 = start_config(&tls("n1")).await;
+    let n2 = start_config(&tls("n2")).await;
+    let mut a = connect(&n1, "a").await;
+    let mut b = connect(&n2, "b").await;
+    assert_eq!(
+        private(&mut a, &mut b, "b", "over TLS").await["msg"],
+        "over TLS"
+    );
+    n1.stop().await;
+    n2.stop().await;
+    // Without the CA the system roots do not know the dev CA: refused at start.
+    let untrusted = tls("n3").replace(&format!("tls_ca = {ca:?}\n"), "");
+    let config = Config::parse(&untrusted, std::path::Path::new("t.toml")).unwrap();
+    let error = match wssgate::Server::bind(config).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("connected to Redis without trusting its certificate"),
+    };
+    assert!(error.contains("cannot reach Redis"), "{error}");
+    drop(redis);
+
+    // A password from the environment (never in the config file).
+    let Some(redis) =
+        Redis::start_args(None, vec!["--requirepass".into(), "s3cret-pw".into()]).await
+    else {
+        return;
+    };
+    // SAFETY: the variable is this test's own; no other code reads or
+    // writes it.
+    unsafe { std::env::set_var("WSSGATE_TEST_CLUSTER_PASSWORD", "s3cret-pw") };
+    let with_password = node_config(
+        &redis,
+        "p1",
+        "",
+        "password_env = \"WSSGATE_TEST_CLUSTER_PASSWORD\"\n",
+    );
+    let n = start_config(&with_password).await;
+    assert!(health(&n).await.contains("cluster: up"));
+    n.stop().await;
+    // Without it: the reason says so, and the password is not printed.
+    let config = Config::parse(
+        &node_config(&redis, "p2", "", ""),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let error = match wssgate::Server::bind(config).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("connected to Redis without its password"),
+    };
+    assert!(error.contains("cannot reach Redis"), "{error}");
+    assert!(!error.contains("s3cret-pw"), "{error}");
+}
+
 /// `wssgate serve` as a process (so that it can be killed with SIGKILL).
 struct Process {
     child: tokio::process::Child,

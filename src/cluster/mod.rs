@@ -31,7 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, ConnectionInfo, IntoConnectionInfo};
+use redis::{
+    AsyncCommands, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates,
+};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -61,7 +63,20 @@ const RETRY_AFTER_DOWN: u64 = 5;
 
 /// Checks `[cluster]` when the config is read.
 pub fn check_config(config: &ClusterConfig) -> Result<(), String> {
-    connection_info(config)?;
+    let info = connection_info(config)?;
+    match info.addr() {
+        ConnectionAddr::TcpTls { insecure: true, .. } => {
+            return Err(
+                "redis: #insecure (no certificate verification) is not accepted; give the server's CA with tls_ca"
+                    .into(),
+            );
+        }
+        ConnectionAddr::TcpTls { .. } => {}
+        _ if config.tls_ca.is_some() => {
+            return Err("tls_ca is set but the redis URL is not rediss://".into());
+        }
+        _ => {}
+    }
     let bad = |c: char| c.is_control() || c.is_whitespace() || "{}|".contains(c);
     if config.prefix.is_empty() || config.prefix.chars().any(bad) {
         return Err(format!(
@@ -245,7 +260,20 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let info = connection_info(config).map_err(ClusterError::Config)?;
         let addr = info.addr().to_string();
-        let client = Client::open(info).map_err(|e| ClusterError::Config(e.to_string()))?;
+        let client = match &config.tls_ca {
+            None => Client::open(info),
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    ClusterError::Config(format!("tls_ca {}: cannot read: {e}", ca.display()))
+                })?;
+                let certificates = TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                Client::build_with_tls(info, certificates)
+            }
+        }
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
@@ -1106,6 +1134,7 @@ mod tests {
             password_env: None,
             node_id: None,
             prefix: "wsg".into(),
+            tls_ca: None,
             lease: ConfigDuration(Duration::from_secs(5)),
             heartbeat: ConfigDuration(Duration::from_secs(1)),
             at_start: ClusterStart::Refuse,
@@ -1120,6 +1149,11 @@ mod tests {
         assert!(check_config(&config("rediss://h:6380/")).is_ok());
         let err = check_config(&config("http://x")).unwrap_err();
         assert!(err.contains("not a Redis URL"), "{err}");
+        let err = check_config(&config("rediss://h:6380/#insecure")).unwrap_err();
+        assert!(err.contains("#insecure"), "{err}");
+        let mut c = config("redis://h/");
+        c.tls_ca = Some("/ca.pem".into());
+        assert!(check_config(&c).unwrap_err().contains("not rediss://"));
         let mut c = config("redis://h/");
         c.prefix = "a{b}".into();
         assert!(check_config(&c).unwrap_err().contains("prefix"));

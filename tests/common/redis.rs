@@ -38,6 +38,8 @@ pub struct Redis {
     dir: tempfile::TempDir,
     /// Its TCP port, when it listens on one.
     pub port: Option<u16>,
+    /// Extra `redis-server` arguments (TLS, a password).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -50,15 +52,37 @@ impl Redis {
     /// A Redis on a Unix socket and on loopback TCP `port` (for tools that
     /// speak TCP, such as redis-benchmark).
     pub async fn start_with(port: Option<u16>) -> Option<Redis> {
+        Redis::start_args(port, Vec::new()).await
+    }
+
+    /// A Redis with extra `redis-server` arguments.
+    pub async fn start_args(port: Option<u16>, args: Vec<String>) -> Option<Redis> {
         let binary = redis_binary()?;
         let mut redis = Redis {
             binary,
             dir: tempfile::tempdir().expect("temp dir for Redis"),
             port,
+            args,
             child: None,
         };
         redis.run().await;
         Some(redis)
+    }
+
+    /// A Redis that speaks TLS (only) on loopback `port` with this
+    /// certificate, and plain on its Unix socket (for the test's own use).
+    pub async fn start_tls(port: u16, cert: &Path, key: &Path) -> Option<Redis> {
+        let args = vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        Redis::start_args(None, args).await
     }
 
     /// The socket path.
@@ -95,6 +119,7 @@ impl Redis {
                 "--dir",
                 &self.dir.path().display().to_string(),
             ])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
