@@ -91,6 +91,8 @@ pub(crate) async fn supervise(
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
+    // The first connection is part of the start, which claims nothing yet.
+    let mut first = true;
     loop {
         let attempt = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -107,7 +109,10 @@ pub(crate) async fn supervise(
                 cluster.health_changed();
                 tracing::info!(node = %cluster.node, "cluster: subscriber connected");
                 ready.notify_one();
-                cluster.recover.notify_one();
+                if !first {
+                    cluster.recover.notify_one();
+                }
+                first = false;
                 backoff = MIN_BACKOFF;
                 warned = false;
                 loop {
