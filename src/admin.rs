@@ -202,15 +202,17 @@ async fn clients(State(state): State<Arc<Api>>) -> Response {
     let Some(cluster) = &state.cluster else {
         return Json(rows).into_response();
     };
+    // A cluster node says which it is (the console shows a node column).
+    let me = ("x-wssgate-node", cluster.node().to_owned());
     match cluster.remote_clients().await {
         Ok(remote) => {
             let mut rows = rows;
             rows.extend(remote);
-            Json(rows).into_response()
+            ([me], Json(rows)).into_response()
         }
         // This node's clients, and a header saying the rest is missing.
         Err(e) => (
-            [("x-wssgate-cluster", format!("unavailable: {e}"))],
+            [me, ("x-wssgate-cluster", format!("unavailable: {e}"))],
             Json(rows),
         )
             .into_response(),

@@ -12,6 +12,8 @@
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
 
 use std::path::{Path, PathBuf};
 
@@ -422,6 +424,55 @@ async fn the_chat_page_reconnects_after_the_gateway_comes_back() {
     assert_eq!(reply["names"], json!(["fay"]), "{reply}");
     browser.close().await;
     second.stop().await;
+}
+
+#[tokio::test]
+async fn the_console_of_a_cluster_node_shows_every_nodes_clients_and_their_node() {
+    let Some(chromium) = chromium_binary() else {
+        return;
+    };
+    let Some(redis) = redis_server::Redis::start().await else {
+        return;
+    };
+    let node = |id: &str| {
+        format!(
+            "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
+             [cluster]\nredis = {:?}\nnode_id = \"{id}\"\n",
+            redis.url()
+        )
+    };
+    let n1 = start_config(&node("n1")).await;
+    let n2 = start_config(&node("n2")).await;
+    let browser = Browser::launch(&chromium, |_| {}).await;
+    let console = browser.open(&format!("http://{}/", n1.admin)).await;
+    console
+        .wait_for(
+            "document.querySelector('#stream-state').dataset.state === 'live'",
+            "the live event stream",
+        )
+        .await;
+    let _here = common::connect(&n1, "here").await;
+    let _there = common::connect(&n2, "there").await;
+    // The client on the other node shows up (the table of a cluster is
+    // reloaded), each with its node.
+    let node_of = |name: &str| {
+        format!(
+            "(document.querySelector('#clients tr[data-name=\"{name}\"] td.node') || {{}}).textContent"
+        )
+    };
+    console
+        .wait_for(&format!("{} === 'n2'", node_of("there")), "there on n2")
+        .await;
+    console
+        .wait_for(&format!("{} === 'n1'", node_of("here")), "here on n1")
+        .await;
+    let shown = console
+        .eval("getComputedStyle(document.querySelector('#clients th.node-col')).display")
+        .await;
+    assert_ne!(shown, "none", "the node column shows for a cluster");
+    browser.close().await;
+    n1.stop().await;
+    n2.stop().await;
 }
 
 /// The NSS tool that puts a CA into a user's certificate database, or

@@ -46,6 +46,7 @@
   const BACKOFF_MAX_MS = 15000;
   const STREAM_SILENCE_MS = 45000;       // the gateway sends a keep-alive every 15 s
   const RELATIVE_REFRESH_MS = 15000;     // "N min ago" refresh
+  const CLUSTER_REFRESH_MS = 5000;      // a cluster's table: the other nodes' clients
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -97,6 +98,8 @@
     metricsAbort: null,
     metricsTimer: 0,
     relativeTimer: 0,
+    clusterTimer: 0,
+    clustered: false,
     resizeObserver: null,
     prevRouted: null,     // {t, value} of the last metrics poll
     samples: [],          // chart points {t, rate, clients}; null values are gaps
@@ -223,6 +226,7 @@
     let rows = [];
     try { rows = await response.json(); } catch { rows = []; }
     storeToken(token);
+    state.clustered = response.headers.has('x-wssgate-node');
     openConsole(token, Array.isArray(rows) ? rows : []);
   }
 
@@ -242,6 +246,9 @@
     streamLoop(generation);
     metricsLoop(generation);
     state.relativeTimer = setInterval(refreshRelativeTimes, RELATIVE_REFRESH_MS);
+    state.clusterTimer = setInterval(() => {
+      if (state.clustered && !state.sync) resync(generation);
+    }, CLUSTER_REFRESH_MS);
     drawChart();
   }
 
@@ -254,6 +261,7 @@
     state.metricsAbort = null;
     clearTimeout(state.metricsTimer);
     clearInterval(state.relativeTimer);
+    clearInterval(state.clusterTimer);
     state.sync = null;
     state.syncAgain = false;
   }
@@ -516,6 +524,9 @@
     const tls = make('td', 'tls', client.tls === true ? 'yes' : client.tls === false ? 'no' : '?');
     tls.dataset.tls = String(client.tls === true);
     row.append(tls);
+    // The node, when the gateway is one of a cluster ([cluster]): its rows
+    // carry `node`, and the column shows.
+    row.append(make('td', 'node', client.node ?? ''));
 
     const since = make('td', 'since');
     const at = client.connected_at ? new Date(client.connected_at) : null;
@@ -554,6 +565,11 @@
   }
 
   function rebuildTable(rows) {
+    // A cluster's rows name their node. The events stream only tells this
+    // node's connects and disconnects, so the table of a cluster is also
+    // reloaded every CLUSTER_REFRESH_MS for the other nodes' clients.
+    // (`state.clustered`: the answer named its node in X-Wssgate-Node.)
+    el.clients.classList.toggle('clustered', state.clustered);
     tbody.replaceChildren(...rows.filter((c) => c && c.name !== undefined).map(makeRow));
     el.clientsPanel.classList.remove('stale');
     updateClientCount();
@@ -608,6 +624,7 @@
     try {
       const response = await api('clients');
       if (!response.ok) throw new Error(await httpError(response));
+      state.clustered = response.headers.has('x-wssgate-node');
       const rows = await response.json();
       if (generation !== state.generation) return;
       const seen = state.sync || [];
