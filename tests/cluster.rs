@@ -226,6 +226,46 @@ async fn duplicate_names_follow_the_policy_across_nodes() {
 }
 
 #[tokio::test]
+async fn unclaimed_names_are_listed_and_reaped_too() {
+    let Some(redis) = Redis::start().await else { return };
+    let allow = "[routing]\non_duplicate = \"allow\"\npresence = true\n";
+    let n1 = node(&redis, "n1", allow, "").await;
+    let n2 = node(&redis, "n2", allow, "").await;
+    let mut watcher = connect(&n1, "watcher").await;
+    // `allow` and a provisional Qt name are not claimed, yet every node
+    // lists them and the operator sees them.
+    let _dup1 = connect(&n1, "dup").await;
+    let dup2 = connect(&n2, "dup").await;
+    let qt = connect_origin(&n2, "C1?????".as_bytes()).await;
+    for expected in ["dup", "dup", "C1?????"] {
+        let join = recv_json(&mut watcher).await;
+        assert_eq!((join["event"].as_str(), join["name"].as_str()), (Some("join"), Some(expected)));
+    }
+    assert_eq!(list(&mut watcher).await, ["C1?????", "dup", "watcher"]);
+    let rows = n1.operator().clients().await.unwrap();
+    let mut seen: Vec<(String, Option<String>, bool)> =
+        rows.into_iter().map(|r| (r.name, r.node, r.provisional)).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("C1?????".to_owned(), Some("n2".to_owned()), true),
+            ("dup".to_owned(), Some("n1".to_owned()), false),
+            ("dup".to_owned(), Some("n2".to_owned()), false),
+            ("watcher".to_owned(), Some("n1".to_owned()), false),
+        ]
+    );
+    // dup on n2 leaves: dup is still here on n1, so no leave is told.
+    drop(dup2);
+    drop(qt);
+    let leave = recv_json(&mut watcher).await;
+    assert_eq!((leave["event"].as_str(), leave["name"].as_str()), (Some("leave"), Some("C1?????")));
+    assert_eq!(list(&mut watcher).await, ["dup", "watcher"]);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
 async fn the_operator_api_sees_and_reaches_every_node() {
     let Some(redis) = Redis::start().await else {
         return;

@@ -50,6 +50,12 @@ impl Keys {
         format!("{}{node}:names", self.node_prefix())
     }
 
+    /// HASH session id → `/clients` row (JSON) of every session on a node,
+    /// claimed names or not: the other nodes' `/clients`, `list` and presence.
+    pub(crate) fn node_clients(&self, node: &str) -> String {
+        format!("{}{node}:clients", self.node_prefix())
+    }
+
     /// SET of `ROOM\nNAME` memberships a node holds (for reaping it).
     pub(crate) fn node_rooms(&self, node: &str) -> String {
         format!("{}{node}:rooms", self.node_prefix())

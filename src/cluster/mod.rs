@@ -3,7 +3,9 @@
 //! Redis (README "Several nodes"; the design and where it differs from
 //! `CLUSTER.md` are in `docs/CLUSTER.md`).
 //!
-//! - **Registry.** `{P}:names` maps each name to `node|session|row`. A node
+//! - **Registry.** `{P}:names` maps each claimed name to `node|session|`,
+//!   and `{P}:node:ID:clients` holds the `/clients` row of every session of
+//!   a node (claimed or not: provisional Qt names, `allow`). A node
 //!   claims a name at the handshake with a Lua script that applies the
 //!   duplicate policy against live owners only; it renews one lease for all
 //!   its names (`{P}:nodes`), and any node reaps a node whose lease ran out,
@@ -502,11 +504,26 @@ impl Cluster {
                 }
             }
         }
+        if let Err(e) = self.record_client(handle).await {
+            tracing::warn!(client = %name, error = %e, "cluster: cannot record a client");
+            return self.down_admission(&name);
+        }
         let header = Header::new(&self.node, Kind::Join, Some(name.as_str()));
         let _ = self
             .publish(&self.keys.all(), &header, "", ClusterKind::presence)
             .await;
         Ok(())
+    }
+
+    /// Records the `/clients` row of a session here, for the other nodes.
+    async fn record_client(&self, handle: &SessionHandle) -> Result<(), String> {
+        let row = serde_json::to_string(&ClientRow::of(handle, None)).unwrap_or_default();
+        let mut conn = self.conn();
+        self.call(
+            "HSET",
+            conn.hset::<_, _, _, ()>(self.keys.node_clients(&self.node), handle.id(), row),
+        )
+        .await
     }
 
     /// What a client gets while Redis is down, by `when_down`.
@@ -575,11 +592,9 @@ impl Cluster {
         Err("the name's entry kept changing".into())
     }
 
-    /// The registry entry of a session: `node|session|row`.
+    /// The registry entry of a claimed name: `node|session|`.
     fn entry(&self, handle: &SessionHandle) -> String {
-        let row = ClientRow::of(handle, None);
-        let row = serde_json::to_string(&row).unwrap_or_default();
-        format!("{}|{}|{row}", self.node, handle.id())
+        format!("{}|{}|", self.node, handle.id())
     }
 
     /// Whether the registry says another node holds `name`.
@@ -625,6 +640,13 @@ impl Cluster {
                 .await
                 .is_ok_and(|n| n == 1)
         };
+        let mut conn = self.conn();
+        let _: Result<(), String> = self
+            .call(
+                "HDEL",
+                conn.hdel(self.keys.node_clients(&self.node), handle.id()),
+            )
+            .await;
         if released && !self.router.holds(name.as_str()) {
             let header = Header::new(&self.node, Kind::Leave, Some(name.as_str()));
             let _ = self
@@ -723,33 +745,44 @@ impl Cluster {
 
     // ------------------------------------------------------------ operator
 
-    /// The other nodes' clients, from the registry, each with its node.
+    /// The other nodes' clients, each with its node, oldest first.
     pub(crate) async fn remote_clients(&self) -> Result<Vec<ClientRow>, String> {
-        let mut conn = self.conn();
-        let entries: HashMap<String, String> = self
-            .call("HGETALL", conn.hgetall(self.keys.names()))
-            .await?;
-        let mut rows: Vec<ClientRow> = entries
-            .values()
-            .filter_map(|entry| {
-                let mut parts = entry.splitn(3, '|');
-                let node = parts.next()?;
-                let _session = parts.next()?;
-                let row = parts.next()?;
-                if node == &*self.node {
-                    return None;
-                }
-                let mut row: ClientRow = serde_json::from_str(row).ok()?;
-                row.node = Some(node.to_owned());
-                Some(row)
-            })
-            .collect();
+        let mut rows = self.other_nodes_clients().await?;
         rows.sort_by(|a, b| {
             a.connected_at
                 .cmp(&b.connected_at)
                 .then(a.name.cmp(&b.name))
         });
         Ok(rows)
+    }
+
+    /// Every other node's recorded clients (one round trip for the node
+    /// list, one pipelined for their rows).
+    async fn other_nodes_clients(&self) -> Result<Vec<ClientRow>, String> {
+        let mut conn = self.conn();
+        let nodes: Vec<String> = self
+            .call("ZRANGE", conn.zrange(self.keys.nodes(), 0, -1))
+            .await?;
+        let others: Vec<String> = nodes.into_iter().filter(|n| n != &*self.node).collect();
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.hvals(self.keys.node_clients(node));
+        }
+        let per_node: Vec<Vec<String>> = self.call("HVALS", pipe.query_async(&mut conn)).await?;
+        Ok(others
+            .iter()
+            .zip(per_node)
+            .flat_map(|(node, rows)| {
+                rows.into_iter().filter_map(move |row| {
+                    let mut row: ClientRow = serde_json::from_str(&row).ok()?;
+                    row.node = Some(node.clone());
+                    Some(row)
+                })
+            })
+            .collect())
     }
 
     /// The operator's text for `name` on the other nodes: how many took it.
@@ -1032,6 +1065,7 @@ impl Cluster {
                     }
                 }
             }
+            let _ = self.record_client(handle).await;
             for room in self.router.rooms_of(handle) {
                 let _ = self.joined(&room, name.as_str()).await;
             }
@@ -1041,9 +1075,33 @@ impl Cluster {
     }
 
     /// Releases names the registry says this node holds but no session here
-    /// does (a release that failed while Redis was down).
+    /// does, and forgets such sessions' rows (a release that failed while
+    /// Redis was down).
     async fn release_stale(&self) {
         let mut conn = self.conn();
+        let live: std::collections::HashSet<String> = self
+            .router
+            .sessions()
+            .iter()
+            .map(|s| s.id().to_string())
+            .collect();
+        if let Ok(recorded) = self
+            .call(
+                "HKEYS",
+                conn.hkeys::<_, Vec<String>>(self.keys.node_clients(&self.node)),
+            )
+            .await
+        {
+            let gone: Vec<String> = recorded
+                .into_iter()
+                .filter(|id| !live.contains(id))
+                .collect();
+            if !gone.is_empty() {
+                let _: Result<(), String> = self
+                    .call("HDEL", conn.hdel(self.keys.node_clients(&self.node), gone))
+                    .await;
+            }
+        }
         let Ok(held) = self
             .call(
                 "SMEMBERS",
@@ -1072,24 +1130,16 @@ impl Cluster {
         }
     }
 
-    /// Rebuilds the mirror of the other nodes' names from the registry and
-    /// announces what changed (events are at most once).
+    /// Rebuilds the mirror of the other nodes' names from their recorded
+    /// clients and announces what changed (events are at most once).
     async fn resync_mirror(&self) {
-        let mut conn = self.conn();
-        let Ok(entries) = self
-            .call(
-                "HGETALL",
-                conn.hgetall::<_, HashMap<String, String>>(self.keys.names()),
-            )
-            .await
-        else {
+        let Ok(rows) = self.other_nodes_clients().await else {
             return;
         };
         let mut fresh: HashMap<String, BTreeSet<Arc<str>>> = HashMap::new();
-        for (name, entry) in entries {
-            let node = entry.split('|').next().unwrap_or_default();
-            if node != &*self.node {
-                fresh.entry(name).or_default().insert(node.into());
+        for row in rows {
+            if let Some(node) = row.node {
+                fresh.entry(row.name).or_default().insert(node.into());
             }
         }
         let (joined, left) = self.mirror.replace(fresh);

@@ -61,8 +61,8 @@ end
 return 0
 ";
 
-/// Reaps every node whose lease ran out: frees the names it still held and
-/// its room memberships. Only the first node to run it for a dead node gets
+/// Reaps every node whose lease ran out: frees the names it still held,
+/// forgets its clients and its room memberships. Only the first node to run it for a dead node gets
 /// that node's names back, so exactly one node announces their leave.
 ///
 /// KEYS: nodes, names. ARGV: node key prefix, room key prefix.
@@ -85,6 +85,18 @@ for _, node in ipairs(dead) do
     end
   end
   redis.call('DEL', held)
+  -- Every client it had, claimed name or not (provisional, `allow`): gone.
+  local clients = ARGV[1] .. node .. ':clients'
+  local seen = {}
+  for _, n in ipairs(gone) do seen[n] = true end
+  for _, row in ipairs(redis.call('HVALS', clients)) do
+    local ok, r = pcall(cjson.decode, row)
+    if ok and type(r) == 'table' and type(r.name) == 'string' and not seen[r.name] then
+      seen[r.name] = true
+      gone[#gone + 1] = r.name
+    end
+  end
+  redis.call('DEL', clients)
   local rooms = ARGV[1] .. node .. ':rooms'
   for _, pair in ipairs(redis.call('SMEMBERS', rooms)) do
     local room, name = string.match(pair, '^(.-)\n(.*)$')
