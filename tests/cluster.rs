@@ -227,7 +227,9 @@ async fn duplicate_names_follow_the_policy_across_nodes() {
 
 #[tokio::test]
 async fn unclaimed_names_are_listed_and_reaped_too() {
-    let Some(redis) = Redis::start().await else { return };
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
     let allow = "[routing]\non_duplicate = \"allow\"\npresence = true\n";
     let n1 = node(&redis, "n1", allow, "").await;
     let n2 = node(&redis, "n2", allow, "").await;
@@ -239,12 +241,17 @@ async fn unclaimed_names_are_listed_and_reaped_too() {
     let qt = connect_origin(&n2, "C1?????".as_bytes()).await;
     for expected in ["dup", "dup", "C1?????"] {
         let join = recv_json(&mut watcher).await;
-        assert_eq!((join["event"].as_str(), join["name"].as_str()), (Some("join"), Some(expected)));
+        assert_eq!(
+            (join["event"].as_str(), join["name"].as_str()),
+            (Some("join"), Some(expected))
+        );
     }
     assert_eq!(list(&mut watcher).await, ["C1?????", "dup", "watcher"]);
     let rows = n1.operator().clients().await.unwrap();
-    let mut seen: Vec<(String, Option<String>, bool)> =
-        rows.into_iter().map(|r| (r.name, r.node, r.provisional)).collect();
+    let mut seen: Vec<(String, Option<String>, bool)> = rows
+        .into_iter()
+        .map(|r| (r.name, r.node, r.provisional))
+        .collect();
     seen.sort();
     assert_eq!(
         seen,
@@ -259,7 +266,10 @@ async fn unclaimed_names_are_listed_and_reaped_too() {
     drop(dup2);
     drop(qt);
     let leave = recv_json(&mut watcher).await;
-    assert_eq!((leave["event"].as_str(), leave["name"].as_str()), (Some("leave"), Some("C1?????")));
+    assert_eq!(
+        (leave["event"].as_str(), leave["name"].as_str()),
+        (Some("leave"), Some("C1?????"))
+    );
     assert_eq!(list(&mut watcher).await, ["dup", "watcher"]);
     n1.stop().await;
     n2.stop().await;

@@ -24,6 +24,7 @@
 
 mod envelope;
 mod keys;
+mod publisher;
 mod scripts;
 mod subscriber;
 
@@ -201,6 +202,8 @@ pub(crate) struct Cluster {
     keys: Keys,
     client: Client,
     commands: ConnectionManager,
+    /// PUBLISH in batches (on the command connection).
+    publisher: publisher::Publisher,
     scripts: Scripts,
     router: Arc<Router>,
     metrics: ClusterMetrics,
@@ -312,6 +315,7 @@ impl Cluster {
             .into();
         let cluster = Arc::new(Cluster {
             keys: Keys::new(&config.prefix),
+            publisher: publisher::Publisher::start(commands.clone(), REDIS_TIMEOUT),
             client,
             commands,
             scripts: Scripts::new(),
@@ -449,10 +453,17 @@ impl Cluster {
         kind: ClusterKind,
     ) -> Result<usize, String> {
         let payload = header.encode(body);
-        let mut conn = self.conn();
-        let count: usize = self.call("PUBLISH", conn.publish(channel, payload)).await?;
-        self.metrics.message(Direction::published, kind);
-        Ok(count)
+        match self.publisher.publish(channel.to_owned(), payload).await {
+            Ok(count) => {
+                self.set_commands_up(true);
+                self.metrics.message(Direction::published, kind);
+                Ok(count)
+            }
+            Err((why, unreachable)) => {
+                self.set_commands_up(!unreachable);
+                Err(why)
+            }
+        }
     }
 
     // ------------------------------------------------------------ sessions

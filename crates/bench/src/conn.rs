@@ -58,10 +58,10 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses and resolves `--url` (loopback only), and builds the TLS
-    /// connector for wss. `resume` lets TLS resume sessions.
-    pub async fn new(common: &Common, resume: bool) -> anyhow::Result<Target> {
-        let uri: Uri = common.url.parse().context("not a URL")?;
+    /// Parses and resolves `url` (one `--url`, loopback only), and builds
+    /// the TLS connector for wss. `resume` lets TLS resume sessions.
+    pub async fn new(url: &str, common: &Common, resume: bool) -> anyhow::Result<Target> {
+        let uri: Uri = url.parse().context("not a URL")?;
         let secure = match uri.scheme_str() {
             Some("ws") => false,
             Some("wss") => true,
@@ -291,6 +291,16 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Which of `urls` server URLs connection `index` goes to: `index mod
+/// urls`. Every scenario numbers its connections so that this spreads them
+/// as a cluster run wants: `pairs` partners are `i` and `i ^ 1`, adjacent
+/// numbers, so they land on different URLs whenever there are two or more;
+/// `fanout`'s publisher is connection 0, on the first URL, and its members
+/// 1..=N go round-robin over all of them.
+pub fn url_index(index: usize, urls: usize) -> usize {
+    index % urls.max(1)
+}
+
 /// Writes `bytes` and flushes (one TLS record for a batch of frames).
 pub async fn send(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
     stream.write_all(bytes).await?;
@@ -334,7 +344,7 @@ pub(crate) async fn open_all(
         .map(|i| async move {
             let mut reader = Reader::new(reader_capacity);
             let name = run.name(i);
-            match run.target.open(i, &name, &mut reader).await {
+            match run.target(i).open(i, &name, &mut reader).await {
                 Ok(stream) => {
                     if count_progress {
                         run.progress
@@ -360,3 +370,56 @@ pub(crate) async fn open_all(
 
 /// Longest time opening a scenario's connections may take.
 pub const OPEN_PHASE_LIMIT: Duration = Duration::from_secs(120);
+
+#[cfg(test)]
+mod tests {
+    use super::url_index;
+
+    #[test]
+    fn one_url_takes_every_connection() {
+        assert!((0..1000).all(|i| url_index(i, 1) == 0));
+    }
+
+    #[test]
+    fn the_two_clients_of_a_pair_are_on_different_urls() {
+        for urls in 2..=5 {
+            for i in (0..200).step_by(2) {
+                let (a, b) = (url_index(i, urls), url_index(i ^ 1, urls));
+                assert_ne!(a, b, "pair {i}/{} with {urls} URLs", i ^ 1);
+                assert!(a < urls && b < urls);
+            }
+        }
+        // Two nodes: every pair spans both, half the clients on each.
+        let on_first = (0..100).filter(|&i| url_index(i, 2) == 0).count();
+        assert_eq!(on_first, 50);
+        assert!(
+            (0..100)
+                .step_by(2)
+                .all(|i| url_index(i, 2) == 0 && url_index(i + 1, 2) == 1)
+        );
+    }
+
+    #[test]
+    fn fanout_members_go_round_robin_and_the_publisher_on_the_first() {
+        for urls in 1..=4 {
+            // Connection 0 publishes.
+            assert_eq!(url_index(0, urls), 0);
+            for members in [1, 7, 100, 10_001] {
+                let mut per_url = vec![0usize; urls];
+                for i in 1..=members {
+                    per_url[url_index(i, urls)] += 1;
+                }
+                let (min, max) = (per_url.iter().min(), per_url.iter().max());
+                assert!(
+                    max.zip(min).is_some_and(|(max, min)| max - min <= 1),
+                    "{members} members over {urls} URLs: {per_url:?}"
+                );
+                assert_eq!(per_url.iter().sum::<usize>(), members);
+            }
+            // Consecutive members never share a URL when there are several.
+            if urls > 1 {
+                assert!((1..50).all(|i| url_index(i, urls) != url_index(i + 1, urls)));
+            }
+        }
+    }
+}

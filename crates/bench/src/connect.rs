@@ -111,7 +111,7 @@ async fn worker(
         let opened = tokio::select! {
             biased;
             _ = run.stop.cancelled() => return,
-            opened = run.target.open(index, &name, &mut reader) => opened,
+            opened = run.target(index).open(index, &name, &mut reader) => opened,
         };
         match opened {
             Ok(mut stream) => {

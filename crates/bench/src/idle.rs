@@ -82,7 +82,7 @@ impl std::fmt::Display for IdleFigures {
 
 /// Runs `idle`.
 pub(crate) async fn run(run: &Arc<Run>, args: &IdleArgs) -> anyhow::Result<Outcome> {
-    let pid = run.common.pid;
+    let pid = run.common.pid();
     let rss = || pid.and_then(rss_bytes);
     let rss_before = rss();
     anyhow::ensure!(

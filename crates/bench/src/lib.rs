@@ -4,7 +4,9 @@
 //! so that a report shows whether the load generator was the limit.
 //!
 //! - [`options`]: the flags of every scenario and their limits.
-//! - [`conn`]: dialing (source addresses, TLS) and the client side of the upgrade.
+//! - [`conn`]: dialing (source addresses, TLS) and the client side of the
+//!   upgrade; with several `--url` (the nodes of a cluster), connection i
+//!   goes to URL i mod N ([`conn::url_index`]).
 //! - [`frame`]: the hot path's framing: masked frames, parsing, timestamp templates.
 //! - [`stats`]: latency summaries, CPU time and RSS from `/proc`, progress, open files.
 //! - [`pace`]: the open-loop schedule of `pairs --rate` (sub-millisecond
@@ -51,8 +53,12 @@ use stats::{CpuTimes, NoFile, Snapshot};
 pub struct Report {
     /// `pairs`, `fanout`, `idle` or `connect`.
     pub scenario: &'static str,
-    /// The server's URL.
+    /// The server's URL (the first, with several `--url`).
     pub url: String,
+    /// Every server URL, with several `--url` (connection i on URL i mod
+    /// N, [`conn::url_index`]); absent with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
     /// True for wss.
     pub tls: bool,
     /// Runtime worker threads of the load generator.
@@ -147,9 +153,14 @@ impl std::fmt::Display for Cpu {
 /// CPU time of the server process in the measured window.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerCpu {
-    /// The server's process id.
+    /// The server's process id (the first, with several `--pid`).
     pub pid: u32,
-    /// Its CPU time; absent when `/proc/PID/stat` could not be read.
+    /// Every process id, with several `--pid`: the CPU figures are their
+    /// sum; absent with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<Vec<u32>>,
+    /// Its CPU time (the sum over `pids`); absent when a `/proc/PID/stat`
+    /// could not be read.
     #[serde(flatten)]
     pub cpu: Option<Cpu>,
 }
@@ -167,7 +178,8 @@ pub(crate) struct Outcome {
 /// signal and the error count.
 pub(crate) struct Run {
     pub common: Common,
-    pub target: conn::Target,
+    /// One per `--url`, in order: see [`Run::target`].
+    pub targets: Vec<conn::Target>,
     /// Client names start with this.
     pub prefix: String,
     /// Time zero of the timestamps carried in messages.
@@ -218,7 +230,12 @@ impl Run {
 
     /// A snapshot of CPU times now.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::take(self.common.pid)
+        Snapshot::take(&self.common.pids)
+    }
+
+    /// Where connection `index` goes: URL `index mod N` ([`conn::url_index`]).
+    pub fn target(&self, index: usize) -> &conn::Target {
+        &self.targets[conn::url_index(index, self.targets.len())]
     }
 
     /// Waits for the measured window (nanoseconds since the epoch) and
@@ -268,6 +285,7 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut common = opts.common().clone();
     common.validate(opts.connections())?;
+    opts.validate_targets()?;
     let nofile = stats::raise_nofile();
     if !common.quiet {
         eprintln!(
@@ -291,18 +309,26 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         .unwrap_or_else(|| format!("bench{}-", std::process::id()));
     let mut soak_gateway = None;
     if let Scenario::Soak(args) = &opts.scenario {
-        let gateway = soak::gateway::prepare(args, &common.url, common.pid, &prefix).await?;
-        common.url = gateway.url.clone();
-        common.pid = gateway.pid;
+        let gateway = soak::gateway::prepare(args, common.url(), common.pid(), &prefix).await?;
+        common.urls = vec![gateway.url.clone()];
+        common.pids = gateway.pid.into_iter().collect();
         soak_gateway = Some(gateway);
     }
-    let target = conn::Target::new(&common, opts.resume())
-        .await
-        .with_context(|| format!("cannot use {}", common.url))?;
-    let tls = target.is_tls();
+    let mut targets = Vec::with_capacity(common.urls.len());
+    for url in &common.urls {
+        let target = conn::Target::new(url, &common, opts.resume())
+            .await
+            .with_context(|| format!("cannot use {url}"))?;
+        targets.push(target);
+    }
+    let tls = targets.first().is_some_and(conn::Target::is_tls);
+    anyhow::ensure!(
+        targets.iter().all(|t| t.is_tls() == tls),
+        "the --url must all be ws:// or all wss://"
+    );
     let run = Arc::new(Run {
         common: common.clone(),
-        target,
+        targets,
         prefix,
         epoch: Instant::now(),
         stop: CancellationToken::new(),
@@ -344,8 +370,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         .duration_since(start.wall)
         .max(Duration::from_micros(1));
     let window_s = window.as_secs_f64();
-    let server = common.pid.map(|pid| ServerCpu {
+    let server = common.pid().map(|pid| ServerCpu {
         pid,
+        pids: (common.pids.len() > 1).then(|| common.pids.clone()),
         cpu: start
             .server_cpu
             .zip(end.server_cpu)
@@ -354,7 +381,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let first_error = run.first_error();
     Ok(Report {
         scenario: opts.scenario.name(),
-        url: common.url.clone(),
+        url: common.url().to_owned(),
+        urls: (common.urls.len() > 1).then(|| common.urls.clone()),
         tls,
         threads: common.threads,
         warmup_s: common.warmup.as_secs_f64(),
@@ -385,11 +413,15 @@ impl Report {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls = match &self.urls {
+            Some(urls) => urls.join(" + "),
+            None => self.url.clone(),
+        };
         writeln!(
             f,
             "{} against {} ({}), {} thread(s), warm-up {:.1} s, window {:.2} s",
             self.scenario,
-            self.url,
+            urls,
             if self.tls { "wss" } else { "ws" },
             self.threads,
             self.warmup_s,
@@ -403,10 +435,28 @@ impl std::fmt::Display for Report {
             Figures::Soak(p) => write!(f, "{p}")?,
         }
         writeln!(f, "load generator CPU: {}", self.load)?;
+        if let Some(urls) = &self.urls {
+            writeln!(
+                f,
+                "connection i on URL i mod {}: each pair's clients on different URLs, \
+                 fanout's publisher on the first and its members round-robin",
+                urls.len()
+            )?;
+        }
         if let Some(s) = &self.server {
+            let pids = match &s.pids {
+                Some(pids) => format!(
+                    "pids {}",
+                    pids.iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join("+")
+                ),
+                None => format!("pid {}", s.pid),
+            };
             match &s.cpu {
-                Some(cpu) => writeln!(f, "server (pid {}) CPU: {cpu}", s.pid)?,
-                None => writeln!(f, "server (pid {}) CPU: not readable", s.pid)?,
+                Some(cpu) => writeln!(f, "server ({pids}) CPU: {cpu}")?,
+                None => writeln!(f, "server ({pids}) CPU: not readable")?,
             }
         }
         if let Some(steal) = self.steal_share {

@@ -13,6 +13,8 @@ pub const MAX_CONNECTIONS: usize = 100_000;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// Files this process needs besides its connections (stdio, epoll, /proc reads).
 pub const SPARE_FILES: u64 = 32;
+/// Most `--url` one run spreads its connections over.
+pub const MAX_URLS: usize = 64;
 /// Connections per source address before the next one (127.0.0.2, ...) is
 /// used: below the ~28k ephemeral ports one address has towards one server.
 pub const DEFAULT_PER_SOURCE: usize = 20_000;
@@ -52,9 +54,18 @@ pub enum Scenario {
 /// Flags every scenario takes.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Server URL, ws:// or wss:// (loopback addresses only).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/")]
-    pub url: String,
+    /// Server URL, ws:// or wss:// (loopback addresses only). Repeat it to
+    /// spread the connections over several servers (e.g. the nodes of a
+    /// cluster): connection i goes to URL i mod N, so the two clients of a
+    /// pair (i and i^1) are on different URLs and fanout's publisher
+    /// (connection 0) is on the first while the members go round-robin.
+    /// Not with `soak`.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "ws://127.0.0.1:8080/"
+    )]
+    pub urls: Vec<String>,
     /// Length of the measured window (after the warm-up).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -79,8 +90,11 @@ pub struct Common {
     pub quiet: bool,
     /// The server's process id: its CPU time in the window (all scenarios)
     /// and its RSS (idle, and pairs with --stalled), read from /proc.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// Repeat it for a server of several processes (the nodes of a cluster
+    /// and their Redis): the CPU figures are then the sum over them (not
+    /// with idle, soak or --stalled, whose RSS figures read one process).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
     /// Trust only this CA for wss (e.g. certs/ca.pem from `wssgate gen-certs`);
     /// default: the system roots.
     #[arg(long, value_name = "FILE")]
@@ -335,6 +349,33 @@ impl Options {
         }
     }
 
+    /// Refuses several `--url` or `--pid` where the scenario cannot use
+    /// them: `soak` drives one gateway; RSS figures (idle, soak, pairs
+    /// with --stalled) read one process.
+    pub fn validate_targets(&self) -> anyhow::Result<()> {
+        let common = self.common();
+        let name = self.scenario.name();
+        anyhow::ensure!(
+            common.urls.len() <= 1 || !matches!(self.scenario, Scenario::Soak(_)),
+            "{name} takes one --url"
+        );
+        let reads_rss = match &self.scenario {
+            Scenario::Pairs(a) => a.stalled > 0,
+            Scenario::Idle(_) | Scenario::Soak(_) => true,
+            Scenario::Fanout(_) | Scenario::Connect(_) => false,
+        };
+        anyhow::ensure!(
+            common.pids.len() <= 1 || !reads_rss,
+            "{name}{} takes one --pid: its RSS figures read one process",
+            if matches!(self.scenario, Scenario::Pairs(_)) {
+                " --stalled"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
+
     /// TLS session resumption allowed (only `connect --resume`).
     pub fn resume(&self) -> bool {
         matches!(&self.scenario, Scenario::Connect(a) if a.resume)
@@ -355,9 +396,24 @@ impl Scenario {
 }
 
 impl Common {
+    /// The first (with one `--url`, the only) server URL.
+    pub fn url(&self) -> &str {
+        self.urls.first().map_or("", String::as_str)
+    }
+
+    /// The first (with one `--pid`, the only) server process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pids.first().copied()
+    }
+
     /// Refuses flags that would make an unbounded or meaningless run.
     pub fn validate(&self, connections: usize) -> anyhow::Result<()> {
         anyhow::ensure!(connections > 0, "at least one connection is needed");
+        anyhow::ensure!(!self.urls.is_empty(), "--url is needed");
+        anyhow::ensure!(
+            self.urls.len() <= MAX_URLS,
+            "at most {MAX_URLS} --url are taken"
+        );
         anyhow::ensure!(
             connections <= MAX_CONNECTIONS,
             "{connections} connections is over the cap of {MAX_CONNECTIONS}"
@@ -379,5 +435,79 @@ impl Common {
         );
         anyhow::ensure!(self.per_source > 0, "--per-source must be above 0");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Options;
+
+    fn parse(args: &[&str]) -> Options {
+        let mut argv = vec!["wssgate-bench"];
+        argv.extend_from_slice(args);
+        Options::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+    }
+
+    #[test]
+    fn one_url_by_default_and_as_given() {
+        let opts = parse(&["pairs"]);
+        assert_eq!(opts.common().urls, ["ws://127.0.0.1:8080/"]);
+        assert_eq!(opts.common().url(), "ws://127.0.0.1:8080/");
+        assert!(opts.common().pids.is_empty() && opts.common().pid().is_none());
+        let opts = parse(&["pairs", "--url", "ws://127.0.0.1:1/", "--pid", "7"]);
+        assert_eq!(opts.common().urls, ["ws://127.0.0.1:1/"]);
+        assert_eq!(opts.common().pid(), Some(7));
+    }
+
+    #[test]
+    fn urls_and_pids_repeat_in_order() {
+        let opts = parse(&[
+            "fanout",
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--pid",
+            "7",
+            "--url=ws://127.0.0.1:2/",
+            "--pid",
+            "8",
+            "--pid",
+            "9",
+        ]);
+        let common = opts.common();
+        assert_eq!(common.urls, ["ws://127.0.0.1:1/", "ws://127.0.0.1:2/"]);
+        assert_eq!(common.url(), "ws://127.0.0.1:1/");
+        assert_eq!(common.pids, [7, 8, 9]);
+        assert_eq!(common.pid(), Some(7));
+        assert!(opts.validate_targets().is_ok());
+    }
+
+    #[test]
+    fn several_urls_or_pids_only_where_they_are_used() {
+        let two_urls = ["--url", "ws://127.0.0.1:1/", "--url", "ws://127.0.0.1:2/"];
+        let two_pids = ["--pid", "7", "--pid", "8"];
+        for scenario in ["pairs", "fanout", "idle", "connect"] {
+            let mut args = vec![scenario];
+            args.extend(two_urls);
+            assert!(parse(&args).validate_targets().is_ok(), "{args:?}");
+        }
+        let mut soak = vec!["soak"];
+        soak.extend(two_urls);
+        assert!(parse(&soak).validate_targets().is_err());
+        for args in [&["pairs"][..], &["fanout"], &["connect"]] {
+            let mut args = args.to_vec();
+            args.extend(two_pids);
+            assert!(parse(&args).validate_targets().is_ok(), "{args:?}");
+        }
+        for args in [&["idle"][..], &["soak"], &["pairs", "--stalled", "1"]] {
+            let mut args = args.to_vec();
+            args.extend(two_pids);
+            let err = parse(&args).validate_targets().expect_err("refused");
+            assert!(err.to_string().contains("one --pid"), "{err}");
+            // One pid is fine there.
+            args.truncate(args.len() - 2);
+            assert!(parse(&args).validate_targets().is_ok(), "{args:?}");
+        }
     }
 }

@@ -322,7 +322,7 @@ pub(crate) async fn start(
     let feeder_name = format!("stalled-{}feeder", run.prefix);
     let mut feeder_reader = Reader::new(FEEDER_READ_BUFFER);
     let feeder = run
-        .target
+        .target(feeder_index)
         .open(feeder_index, &feeder_name, &mut feeder_reader)
         .await
         .map_err(|e| anyhow::anyhow!("the stalled clients' feeder {feeder_name}: {e:#}"))?;
@@ -362,7 +362,7 @@ impl Stalled {
     /// Samples the server's RSS (`--pid`) every [`RSS_EVERY`] over the
     /// window (nanoseconds since the run's epoch), ends included.
     pub(crate) fn sample_rss(&mut self, window: (u64, u64)) {
-        let Some(pid) = self.run.common.pid else {
+        let Some(pid) = self.run.common.pid() else {
             return;
         };
         let shared = self.shared.clone();
@@ -429,7 +429,7 @@ async fn open(
 ) -> anyhow::Result<(Stream, u64)> {
     let mut reader = Reader::new(STALLED_READ_BUFFER);
     let stream = run
-        .target
+        .target(index)
         .open(index, name, &mut reader)
         .await
         .map_err(|e| anyhow::anyhow!("stalled client {name}: {e:#}"))?;

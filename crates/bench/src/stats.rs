@@ -102,7 +102,7 @@ pub struct Snapshot {
     pub wall: Instant,
     /// This process.
     pub own_cpu: CpuTimes,
-    /// The server (`--pid`), if readable.
+    /// The server (`--pid`; summed over several), if every one is readable.
     pub server_cpu: Option<CpuTimes>,
     /// Time the hypervisor gave this machine's CPUs to others, summed
     /// over CPUs (`steal` of `/proc/stat`), if readable.
@@ -112,17 +112,33 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads the CPU times now.
-    pub fn take(server: Option<u32>) -> Snapshot {
+    /// Reads the CPU times now; `server`: the server's processes (none,
+    /// one, or the several of a cluster, whose times are summed).
+    pub fn take(server: &[u32]) -> Snapshot {
         let (steal, cpus) = steal_time().map_or((None, 0), |(t, n)| (Some(t), n));
         Snapshot {
             wall: Instant::now(),
             own_cpu: cpu_time("self").unwrap_or_default(),
-            server_cpu: server.and_then(|pid| cpu_time(&pid.to_string())),
+            server_cpu: summed_cpu_time(server),
             steal,
             cpus,
         }
     }
+}
+
+/// The CPU times of `pids` added up; `None` when there are none or one
+/// cannot be read (a sum missing a process would read as a cheaper server).
+pub fn summed_cpu_time(pids: &[u32]) -> Option<CpuTimes> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(CpuTimes::default(), |sum, pid| {
+        let t = cpu_time(&pid.to_string())?;
+        Some(CpuTimes {
+            user: sum.user + t.user,
+            sys: sum.sys + t.sys,
+        })
+    })
 }
 
 /// CPU time of a process (`self` or a pid), all its threads, from
@@ -211,10 +227,10 @@ pub(crate) fn progress(run: Arc<Run>, label: Label) -> tokio::task::JoinHandle<(
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
-        let mut last = (run.progress.load(Ordering::Relaxed), Snapshot::take(None));
+        let mut last = (run.progress.load(Ordering::Relaxed), Snapshot::take(&[]));
         loop {
             tick.tick().await;
-            let now = (run.progress.load(Ordering::Relaxed), Snapshot::take(None));
+            let now = (run.progress.load(Ordering::Relaxed), Snapshot::take(&[]));
             let secs = now.1.wall.duration_since(last.1.wall).as_secs_f64();
             let cpu = now.1.own_cpu.since(&last.1.own_cpu).total().as_secs_f64() / secs;
             let shown = match label {
@@ -259,6 +275,20 @@ mod tests {
         assert!(cpu_time("self").is_some());
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
         assert!(cpu_time("999999999").is_none());
+    }
+
+    #[test]
+    fn several_pids_are_summed_or_none() {
+        let me = std::process::id();
+        assert!(summed_cpu_time(&[]).is_none());
+        let one = summed_cpu_time(&[me]).expect("this process is readable");
+        let two = summed_cpu_time(&[me, me]).expect("twice this process");
+        // Read a moment apart: the second sum is at least twice the first.
+        assert!(two.total() >= one.total() * 2, "{one:?} {two:?}");
+        assert!(
+            summed_cpu_time(&[me, 999_999_999]).is_none(),
+            "a sum missing a process is not given"
+        );
     }
 
     #[test]

@@ -325,6 +325,172 @@ async fn wss_pairs_and_connect_with_a_ca() {
     gw.stop().await;
 }
 
+/// A `redis-server` (Debian package `redis-server`) on a Unix socket in a
+/// temporary directory, for the two-node runs; killed when dropped.
+struct Redis {
+    _child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one and waits for its "ready" line; `None` (the test is
+    /// skipped) without the program, except under CI.
+    async fn start() -> Option<Redis> {
+        use tokio::io::AsyncBufReadExt;
+        let found = std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|dir| dir.join("redis-server"))
+                .find(|p| p.is_file())
+        });
+        let Some(binary) = found else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "redis-server is not installed; CI needs it (.ci/run installs it)"
+            );
+            eprintln!(
+                "skipped: redis-server is not installed (Debian: apt-get install redis-server)"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir for Redis");
+        let socket = dir.path().join("redis.sock").display().to_string();
+        let mut child = tokio::process::Command::new(binary)
+            .args([
+                "--port",
+                "0",
+                "--unixsocket",
+                &socket,
+                "--unixsocketperm",
+                "700",
+            ])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await.expect("redis-server's output") {
+                if line
+                    .to_ascii_lowercase()
+                    .contains("ready to accept connections")
+                {
+                    return;
+                }
+            }
+            panic!("redis-server exited before it was ready");
+        })
+        .await
+        .expect("redis-server ready in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Some(Redis { _child: child, dir })
+    }
+
+    /// A gateway node `id` on this Redis.
+    async fn node(&self, id: &str) -> common::Gateway {
+        let socket = self.dir.path().join("redis.sock");
+        common::start_config(&format!(
+            "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\n\n\
+             [admin]\nbind = \"127.0.0.1:0\"\n\n{UNLIMITED}\n\
+             [cluster]\nredis = \"unix://{}\"\nnode_id = \"{id}\"\n",
+            socket.display()
+        ))
+        .await
+    }
+}
+
+/// `wssgate_cluster_messages_total{direction="published",kind=KIND}` of a node.
+async fn published(gw: &common::Gateway, kind: &str) -> f64 {
+    let text = common::metrics(gw).await;
+    common::metric(
+        &text,
+        &format!("wssgate_cluster_messages_total{{direction=\"published\",kind=\"{kind}\"}}"),
+    )
+}
+
+#[tokio::test]
+async fn two_nodes_pairs_across_and_fanout_round_robin() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let (a, b) = (redis.node("a").await, redis.node("b").await);
+    let (url_a, url_b) = (a.url("/"), b.url("/"));
+    let pid = std::process::id().to_string();
+    let two = [
+        "--url", &url_a, "--url", &url_b, "--pid", &pid, "--pid", &pid,
+    ];
+
+    // Closed loop, then open loop: each pair's clients on different nodes,
+    // so every message crosses Redis both ways.
+    for flags in [&["-k", "2"][..], &["--rate", "400"]] {
+        let mut args = vec!["pairs", "-n", "4"];
+        args.extend(two);
+        args.extend(flags);
+        let report = bench(&args).await;
+        let p = pairs(&report);
+        assert!(p.messages > 0, "{report}");
+        assert_ordered(&p.latency, &report);
+        assert_eq!(report.errors, 0, "{report}");
+        assert_eq!(report.url, url_a);
+        assert_eq!(
+            report.urls.as_deref(),
+            Some(&[url_a.clone(), url_b.clone()][..])
+        );
+        let server = report.server.as_ref().expect("--pid given");
+        assert_eq!(server.pids.as_deref(), Some(&[std::process::id(); 2][..]));
+        assert!(server.cpu.is_some(), "{report}");
+        let json = serde_json::to_value(&report).expect("a report serializes");
+        assert_eq!(json["urls"][1], url_b.as_str(), "{json}");
+        assert!(report.to_string().contains(" + "), "{report}");
+    }
+    // Both nodes published private messages: the pairs spanned them.
+    assert!(published(&a, "private").await > 0.0);
+    assert!(published(&b, "private").await > 0.0);
+
+    // Fanout: the publisher on the first node, members on both; every
+    // message reaches all of them.
+    let mut args = vec!["fanout", "-n", "5", "--rate", "50"];
+    args.extend(two);
+    let report = bench(&args).await;
+    let Figures::Fanout(f) = &report.figures else {
+        panic!("{report}")
+    };
+    assert!(f.published > 0 && f.complete > 0, "{report}");
+    assert_eq!(f.incomplete, 0, "{report}");
+    assert_ordered(&f.reach_all, &report);
+    assert_eq!(report.errors, 0, "{report}");
+    assert!(
+        published(&a, "room").await > 0.0,
+        "the publisher's node published"
+    );
+
+    a.stop().await;
+    b.stop().await;
+}
+
+/// One `--url` keeps the report as it was: no `urls`, no `pids`.
+#[tokio::test]
+async fn one_url_reports_as_before() {
+    let gw = common::start(UNLIMITED).await;
+    let pid = std::process::id().to_string();
+    let report = bench(&["pairs", "--url", &gw.url("/"), "-n", "2", "--pid", &pid]).await;
+    assert!(report.urls.is_none(), "{report}");
+    let json = serde_json::to_value(&report).expect("a report serializes");
+    assert!(json.get("urls").is_none(), "{json}");
+    assert!(json["server"].get("pids").is_none(), "{json}");
+    assert!(!report.to_string().contains(" + "), "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains(&format!("server (pid {pid}) CPU")),
+        "{report}"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn refuses_what_it_cannot_bound_or_reach() {
     for args in [
@@ -339,6 +505,29 @@ async fn refuses_what_it_cannot_bound_or_reach() {
         &["pairs", "--stalled", "1", "--stalled-size", "40"],
         &["pairs", "--stalled", "1", "--stalled-rate", "0"],
         &["pairs", "--stalled", "5000"],
+        &[
+            "pairs",
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--url",
+            "wss://127.0.0.1:2/",
+        ],
+        &[
+            "pairs",
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--url",
+            "ws://192.0.2.1:80/",
+        ],
+        &[
+            "soak",
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--url",
+            "ws://127.0.0.1:2/",
+        ],
+        &["idle", "--pid", "1", "--pid", "2"],
+        &["pairs", "--stalled", "1", "--pid", "1", "--pid", "2"],
     ] {
         let mut argv = vec!["wssgate-bench"];
         argv.extend_from_slice(args);

@@ -296,7 +296,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<Outcome> {
     let duration = run.common.duration;
     validate(args, duration)?;
-    let pid = run.common.pid;
+    let pid = run.common.pid();
     let quiet = run.common.quiet;
     let rss_kib = move || pid.and_then(rss_bytes).map(|b| b / 1024);
     let files = move || pid.and_then(gateway::open_files);
@@ -363,7 +363,7 @@ pub(crate) async fn run(
     let feeder_index = first_pair + args.pairs;
     let mut feeder_reader = Reader::new(PAIR_READ_BUFFER);
     let feeder_stream = run
-        .target
+        .target(feeder_index)
         .open(feeder_index, &run.name(feeder_index), &mut feeder_reader)
         .await
         .map_err(|e| e.context("the slow-consumer feeder cannot connect"))?;
@@ -764,7 +764,7 @@ async fn cycle(run: Arc<Run>, shared: Arc<Shared>, n: u64, index: usize, hold: D
     let opened = tokio::select! {
         biased;
         _ = run.stop.cancelled() => return,
-        opened = run.target.open(index, &name, &mut reader) => opened,
+        opened = run.target(index).open(index, &name, &mut reader) => opened,
     };
     let mut stream = match opened {
         Ok(s) => s,
@@ -947,7 +947,7 @@ async fn episode(
         problem: None,
     };
     let mut slow_reader = Reader::new(SLOW_READ_BUFFER);
-    let mut slow = match run.target.open(index, &name, &mut slow_reader).await {
+    let mut slow = match run.target(index).open(index, &name, &mut slow_reader).await {
         Ok(s) => s,
         Err(e) => {
             episode.problem = Some(format!("cannot connect: {e:#}"));
