@@ -178,6 +178,16 @@ pub(crate) fn full() -> Refusal {
     Refusal::new(503, "too many connections: try again later")
 }
 
+/// The answer when the cluster's registry did not answer within the
+/// handshake's time.
+pub(crate) fn cluster_timeout() -> Refusal {
+    Refusal::new(
+        503,
+        "cluster unavailable: the name registry (Redis) did not answer in time",
+    )
+    .retry_after(5)
+}
+
 /// The answer over `max_connections_per_address`.
 pub(crate) fn address_over_limit() -> Refusal {
     Refusal::new(

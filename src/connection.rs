@@ -363,10 +363,18 @@ impl Connection {
         };
         if let Some(cluster) = &shared.cluster {
             // Boxed: only cluster nodes pay for this future in the task.
-            let claimed = Box::pin(cluster.admit(&handle)).await;
-            if let Err(refusal) = claimed {
+            // Within the handshake's time: a slow Redis is a refusal.
+            let claimed =
+                tokio::time::timeout_at(self.deadline, Box::pin(cluster.admit(&handle))).await;
+            let refusal = match claimed {
+                Ok(Ok(())) => None,
+                Ok(Err(refusal)) => Some(refusal),
+                Err(_) => Some(admission::cluster_timeout()),
+            };
+            if let Some(refusal) = refusal {
                 shared.router.withdraw(&handle);
-                Box::pin(cluster.forget(handle.name().as_str())).await;
+                // Whatever the claim got done is undone (by session id).
+                Box::pin(cluster.session_ended(&handle, Vec::new())).await;
                 return refuse(shared, &mut stream, &refusal).await;
             }
             shared.router.announce_join(&handle);
@@ -376,23 +384,19 @@ impl Connection {
             () = self.stop.cancelled() => None,
             r = tokio::time::timeout_at(self.deadline, handshake::accept(&mut stream, &upgrade)) => Some(r),
         };
-        let Some(accepted) = accepted else {
-            tracing::debug!("handshake stopped before the upgrade response went out");
-            shared.router.remove(&handle);
-            return;
+        let failed = match accepted {
+            None => Some("handshake stopped before the upgrade response went out".to_owned()),
+            Some(Ok(Ok(()))) => None,
+            Some(Ok(Err(e))) => Some(format!("peer left during the upgrade: {e}")),
+            Some(Err(_)) => Some("peer did not take the upgrade response in time".to_owned()),
         };
-        match accepted {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "peer left during the upgrade");
-                shared.router.remove(&handle);
-                return;
+        if let Some(why) = failed {
+            tracing::debug!(%why, "no session");
+            shared.router.remove(&handle);
+            if let Some(cluster) = &shared.cluster {
+                Box::pin(cluster.session_ended(&handle, Vec::new())).await;
             }
-            Err(_) => {
-                tracing::debug!("peer did not take the upgrade response in time");
-                shared.router.remove(&handle);
-                return;
-            }
+            return;
         }
         // The handshakes are over: out of the pending budget.
         drop(self.pending.take());

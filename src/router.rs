@@ -626,6 +626,22 @@ impl Router {
         self.read().names.contains_key(name)
     }
 
+    /// Delivers to the one provisional session named exactly `name` (the
+    /// Qt rule of a full name's Latin-1 form, for a message from another
+    /// node); nobody if there are none or several.
+    pub fn send_to_provisional(&self, name: &str, frame: impl FnOnce() -> Message) -> Delivery {
+        let state = self.read();
+        let provisional: Vec<&Arc<SessionHandle>> = state
+            .names
+            .get(name)
+            .map(|sessions| sessions.iter().filter(|s| s.is_provisional()).collect())
+            .unwrap_or_default();
+        match provisional.as_slice() {
+            [one] => self.deliver_all(std::iter::once(*one), frame),
+            _ => Delivery::default(),
+        }
+    }
+
     /// Delivers a room message from another node to every member here.
     pub fn deliver_to_room(&self, room: &str, frame: impl FnOnce() -> Message) -> Delivery {
         let state = self.read();

@@ -174,11 +174,13 @@ pub async fn run<S>(
                 }
                 match frame {
                     Ok(Message::Text(text)) => {
+                        // A provisional Qt name may become its full name here.
+                        let provisional = (cluster.is_some() && handle.is_provisional()).then(|| handle.name());
                         let remote = on_text(&router, &handle, &counters, &mut routes, permissions, cluster.as_deref(), text);
-                        if let (Some(step), Some(cluster)) = (remote, &cluster) {
+                        if let Some(cluster) = &cluster && (remote.is_some() || provisional.is_some()) {
                             // Boxed: only a cluster node's frames for other
                             // nodes pay for this future, not every session.
-                            Box::pin(remote_step(cluster, &router, &handle, &counters, step)).await;
+                            Box::pin(for_other_nodes(cluster, &router, &handle, &counters, remote, provisional)).await;
                         }
                     }
                     Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, permissions, &data),
@@ -670,6 +672,26 @@ fn on_text(
         }
     }
     None
+}
+
+/// The other nodes' part of a text frame: a rename it made (a provisional
+/// name was `provisional` before it), then its [`Remote`] step.
+async fn for_other_nodes(
+    cluster: &Cluster,
+    router: &Router,
+    handle: &Arc<SessionHandle>,
+    counters: &Counters,
+    remote: Option<Remote>,
+    provisional: Option<ClientName>,
+) {
+    if let Some(old) = provisional
+        && !handle.is_provisional()
+    {
+        cluster.renamed(handle, old.as_str()).await;
+    }
+    if let Some(step) = remote {
+        remote_step(cluster, router, handle, counters, step).await;
+    }
 }
 
 /// Does what a frame needs from the other nodes ([`Remote`]); a failure is

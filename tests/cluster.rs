@@ -619,6 +619,181 @@ async fn rediss_with_the_ca_given_and_a_password_from_the_environment() {
     assert!(!error.contains("s3cret-pw"), "{error}");
 }
 
+/// Sends `list` (of `room`) until the answer names `expected`, every 20 ms.
+async fn until_listed(ws: &mut Ws, room: Option<&str>, expected: Value) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let request = match room {
+            Some(room) => json!({"type": "list", "room": room, "id": "u"}),
+            None => json!({"type": "list", "id": "u"}),
+        };
+        send_json(ws, &request).await;
+        let got = recv_json(ws).await;
+        if got["names"] == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "list stayed {got}, not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Is `name` free on `gw` (admitted, then closed)?
+async fn free_on(gw: &Gateway, name: &str) -> bool {
+    try_connect(&gw.url(&format!("/?name={name}")), None)
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn upgrades_cut_off_after_the_claim_leave_no_name_behind() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    // Each sends an upgrade and resets the connection at once: the claim
+    // may be made, the 101 may never be written.
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(n1.ws).await.unwrap();
+        stream.set_zero_linger().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &upgrade_request("/?name=ghost", &[]))
+            .await
+            .unwrap();
+        drop(stream);
+    }
+    until("ghost free on the other node", || free_on(&n2, "ghost")).await;
+    let mut probe = connect(&n2, "probe").await;
+    until_listed(&mut probe, None, json!(["probe"])).await;
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn a_latin1_look_alike_that_is_not_provisional_gets_nothing() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    // A name that is C1????? by choice (from ?name=), not a Qt Origin.
+    let mut lookalike = try_connect(&n2.url("/?name=C1%3F%3F%3F%3F%3F"), None)
+        .await
+        .expect("a C1????? of its own choosing");
+    let mut bob = connect(&n1, "bob").await;
+    send_json(
+        &mut bob,
+        &json!({"dst": "C1我是客户端", "msg": "private", "id": 9}),
+    )
+    .await;
+    let error = recv_json(&mut bob).await;
+    assert_eq!(
+        error["msg"], "recipient not connected: C1我是客户端",
+        "{error}"
+    );
+    assert_eq!(error["ref"], 9);
+    assert_eq!(
+        list(&mut lookalike).await,
+        ["C1?????", "bob"],
+        "nothing reached it"
+    );
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn a_qt_rename_is_known_to_every_node() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    let mut qt = connect_origin(&n2, "C1?????".as_bytes()).await;
+    let mut bob = connect(&n1, "bob").await;
+    // Qt sends its full name in src: the session takes it.
+    send_json(
+        &mut qt,
+        &json!({"src": "C1我是客户端", "dst": "bob", "msg": "hi"}),
+    )
+    .await;
+    assert_eq!(recv_json(&mut bob).await["src"], "C1我是客户端");
+    list(&mut qt).await;
+    // Reached by the full name from the other node, and the name is taken there.
+    let got = private(&mut bob, &mut qt, "C1我是客户端", "by the full name").await;
+    assert_eq!(got["msg"], "by the full name");
+    until("the full name is claimed", || async {
+        matches!(
+            try_connect(&n1.url("/?name=C1%E6%88%91%E6%98%AF%E5%AE%A2%E6%88%B7%E7%AB%AF"), None).await,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 409
+        )
+    })
+    .await;
+    assert_eq!(list(&mut bob).await, ["C1我是客户端", "bob"]);
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn a_replaced_session_leaves_its_rooms_on_every_node() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let replace = "[routing]\non_duplicate = \"replace\"\n";
+    let n1 = node(&redis, "n1", replace, "").await;
+    let n2 = node(&redis, "n2", replace, "").await;
+    let mut watcher = connect(&n2, "watcher").await;
+    let mut old = connect(&n1, "bob").await;
+    for ws in [&mut old, &mut watcher] {
+        send_json(ws, &json!({"type": "join", "room": "#r"})).await;
+        list(ws).await;
+    }
+    send_json(
+        &mut watcher,
+        &json!({"type": "list", "room": "#r", "id": 1}),
+    )
+    .await;
+    assert_eq!(
+        recv_json(&mut watcher).await["names"],
+        json!(["bob", "watcher"])
+    );
+    let _new = connect(&n2, "bob").await;
+    assert_eq!(recv_close(&mut old).await.0, 4000);
+    until_listed(&mut watcher, Some("#r"), json!(["watcher"])).await;
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_restarted_within_its_lease_under_the_same_id_leaves_no_ghosts() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let config = node_config(&redis, "fixed", "", "lease = \"30s\"\nheartbeat = \"1s\"\n")
+        .replace(TIMINGS, "");
+    let first = Process::start(&config).await;
+    let other = node(&redis, "other", "", "").await;
+    let (zed, _) = tokio_tungstenite::connect_async(format!("ws://{}/?name=zed", first.ws))
+        .await
+        .expect("zed on the first process");
+    let mut first = first;
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    drop(zed);
+    // Restarted at once (a service manager's restart), same node id: the
+    // 30 s lease has not run out, so no other node reaped it.
+    let second = Process::start(&config).await;
+    assert!(
+        free_on(&other, "zed").await,
+        "zed is not a ghost of the first process"
+    );
+    let mut probe = connect(&other, "probe").await;
+    assert_eq!(list(&mut probe).await, ["probe"]);
+    drop(second);
+    other.stop().await;
+}
+
 /// `wssgate serve` as a process (so that it can be killed with SIGKILL).
 struct Process {
     child: tokio::process::Child,
@@ -674,6 +849,12 @@ async fn a_node_killed_without_cleanup_frees_its_names_within_the_lease() {
             .await
             .expect("alice on the doomed node");
     let join = recv_json(&mut bob).await;
+    futures_util::SinkExt::send(
+        &mut alice,
+        tokio_tungstenite::tungstenite::Message::text(r##"{"type":"join","room":"#r"}"##),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (join["event"].as_str(), join["name"].as_str()),
         (Some("join"), Some("alice"))
@@ -701,6 +882,9 @@ async fn a_node_killed_without_cleanup_frees_its_names_within_the_lease() {
         "{:?}",
         started.elapsed()
     );
+    // Her room membership went with her.
+    send_json(&mut bob, &json!({"type": "list", "room": "#r", "id": 1})).await;
+    assert_eq!(recv_json(&mut bob).await["names"], json!([]));
     // ...and alice may come back there under her name.
     let mut alice = connect(&survivor, "alice").await;
     let got = private(&mut bob, &mut alice, "alice", "welcome back").await;

@@ -28,6 +28,12 @@ pub(crate) enum Kind {
     Replace,
     /// An error notice for sender `n` (request `i`), text in the body.
     Err,
+    /// `n` left the origin node without leaving the cluster (a newer
+    /// session elsewhere took it): forget it there, tell nobody.
+    Moved,
+    /// A Qt provisional name `n` became the full name `t` (no presence
+    /// notice, as on one node).
+    Renamed,
 }
 
 /// The header of a message between nodes.
@@ -52,6 +58,10 @@ pub(crate) struct Header {
     /// The dead node a reaper announces a leave for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) d: Option<String>,
+    /// The name the sender wrote, when `n` is its Qt Latin-1 form (only a
+    /// provisional session may take it), or a rename's new name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) t: Option<String>,
 }
 
 impl Header {
@@ -65,6 +75,7 @@ impl Header {
             i: None,
             id: None,
             d: None,
+            t: None,
         }
     }
 

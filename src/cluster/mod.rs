@@ -144,15 +144,25 @@ pub enum ClusterError {
 /// The other nodes' names, as their joins and leaves (and the periodic
 /// resync) told: what `list` adds to this node's own names.
 #[derive(Default)]
-struct Mirror(Mutex<HashMap<String, BTreeSet<Arc<str>>>>);
+struct Mirror {
+    names: Mutex<HashMap<String, BTreeSet<Arc<str>>>>,
+    /// Bumped by every event: a resync read before an event is not applied
+    /// over it.
+    epoch: std::sync::atomic::AtomicU64,
+}
 
 impl Mirror {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<Arc<str>>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Records `name` on `node`; true when the name is new to the mirror.
     fn add(&self, name: &str, node: &Arc<str>) -> bool {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         let mut map = self.lock();
         let nodes = map.entry(name.to_owned()).or_default();
         let new = nodes.is_empty();
@@ -162,6 +172,7 @@ impl Mirror {
 
     /// Forgets `name` on `node`; true when no node holds it any more.
     fn remove(&self, name: &str, node: &str) -> bool {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         let mut map = self.lock();
         let Some(nodes) = map.get_mut(name) else {
             return false;
@@ -178,9 +189,18 @@ impl Mirror {
         self.lock().keys().cloned().collect()
     }
 
-    /// Replaces the mirror; returns the names that appeared and vanished.
-    fn replace(&self, fresh: HashMap<String, BTreeSet<Arc<str>>>) -> (Vec<String>, Vec<String>) {
+    /// Replaces the mirror with what was read at `epoch`; returns the names
+    /// that appeared and vanished, or `None` (nothing changed) when an
+    /// event came in since the read.
+    fn replace(
+        &self,
+        fresh: HashMap<String, BTreeSet<Arc<str>>>,
+        epoch: u64,
+    ) -> Option<(Vec<String>, Vec<String>)> {
         let mut map = self.lock();
+        if self.epoch() != epoch {
+            return None;
+        }
         let joined = fresh
             .keys()
             .filter(|n| !map.contains_key(*n))
@@ -192,7 +212,7 @@ impl Mirror {
             .cloned()
             .collect();
         *map = fresh;
-        (joined, left)
+        Some((joined, left))
     }
 }
 
@@ -202,6 +222,9 @@ pub(crate) struct Cluster {
     keys: Keys,
     client: Client,
     commands: ConnectionManager,
+    /// The heartbeat's own connection: never queued behind a burst of
+    /// admissions on the command connection.
+    beats: ConnectionManager,
     /// PUBLISH in batches (on the command connection).
     publisher: publisher::Publisher,
     scripts: Scripts,
@@ -211,7 +234,8 @@ pub(crate) struct Cluster {
     when_down: ClusterDown,
     lease: Duration,
     heartbeat: Duration,
-    /// The last command to Redis succeeded.
+    /// Redis answers: the last heartbeat did, and no call since lost its
+    /// connection.
     commands_up: AtomicBool,
     pubsub: subscriber::Subscriber,
     mirror: Mirror,
@@ -285,16 +309,23 @@ impl Cluster {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
         let mut backoff = Duration::from_millis(200);
-        let commands = loop {
-            let attempt = tokio::time::timeout(
-                REDIS_TIMEOUT * 2,
-                ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
-            )
-            .await;
-            let reason = match attempt {
-                Ok(Ok(manager)) => break manager,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "no answer".to_owned(),
+        let connect = || async {
+            let manager = |client: Client| {
+                tokio::time::timeout(
+                    REDIS_TIMEOUT * 2,
+                    ConnectionManager::new_with_config(client, manager_config.clone()),
+                )
+            };
+            match (manager(client.clone()).await, manager(client.clone()).await) {
+                (Ok(Ok(commands)), Ok(Ok(beats))) => Ok((commands, beats)),
+                (Ok(Err(e)), _) | (_, Ok(Err(e))) => Err(e.to_string()),
+                _ => Err("no answer".to_owned()),
+            }
+        };
+        let (commands, beats) = loop {
+            let reason = match connect().await {
+                Ok(managers) => break managers,
+                Err(reason) => reason,
             };
             match config.at_start {
                 ClusterStart::Refuse => return Err(ClusterError::Unreachable { addr, reason }),
@@ -318,6 +349,7 @@ impl Cluster {
             publisher: publisher::Publisher::start(commands.clone(), REDIS_TIMEOUT),
             client,
             commands,
+            beats,
             scripts: Scripts::new(),
             metrics: metrics.cluster(&node),
             policy: router.duplicate_policy(),
@@ -339,6 +371,10 @@ impl Cluster {
                 addr: addr.clone(),
                 reason,
             })?;
+        // A previous process with this node id (restarted within its lease,
+        // so never reaped) may have left names, rows and rooms: forget them
+        // and say they left.
+        cluster.forget_previous().await;
         // Reachable before serving: the subscriber is up and the mirror
         // filled before the first client is admitted.
         let ready = Arc::new(Notify::new());
@@ -354,7 +390,8 @@ impl Cluster {
             }
         }
         cluster.resync_mirror().await;
-        tracker.spawn(cluster.clone().heartbeats(shutdown));
+        tracker.spawn(cluster.clone().heartbeats(shutdown.clone()));
+        tracker.spawn(cluster.clone().upkeep(shutdown));
         tracing::info!(node = %cluster.node, redis = %addr, lease = ?cluster.lease, "cluster: joined");
         Ok(cluster)
     }
@@ -416,6 +453,16 @@ impl Cluster {
         self.commands.clone()
     }
 
+    /// Fails at once while Redis is known to be unreachable, so that a
+    /// session does not wait out a timeout per frame for another node.
+    fn reachable(&self) -> Result<(), String> {
+        if self.commands_up.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("Redis is unreachable".into())
+        }
+    }
+
     /// Runs one Redis call with the time limit, noting whether Redis answered.
     async fn call<T>(
         &self,
@@ -429,18 +476,15 @@ impl Cluster {
             }
             Ok(Err(e)) => {
                 // An error Redis answered with (a script's, a type) says
-                // Redis is there; only a lost or refused connection is down.
-                let unreachable = e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal();
-                self.set_commands_up(!unreachable);
+                // Redis is there; a lost or refused connection says it is
+                // not. A slow answer alone decides nothing: the heartbeat
+                // (on its own connection) does.
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    self.set_commands_up(false);
+                }
                 Err(format!("{what}: {e}"))
             }
-            Err(_) => {
-                self.set_commands_up(false);
-                Err(format!("{what}: no answer within {REDIS_TIMEOUT:?}"))
-            }
+            Err(_) => Err(format!("{what}: no answer within {REDIS_TIMEOUT:?}")),
         }
     }
 
@@ -460,7 +504,9 @@ impl Cluster {
                 Ok(count)
             }
             Err((why, unreachable)) => {
-                self.set_commands_up(!unreachable);
+                if unreachable {
+                    self.set_commands_up(false);
+                }
                 Err(why)
             }
         }
@@ -485,6 +531,10 @@ impl Cluster {
             tracing::warn!(client = %name, error = %e, "cluster: cannot subscribe a name");
             return self.down_admission(&name);
         }
+        if let Err(e) = self.record_client(handle).await {
+            tracing::warn!(client = %name, error = %e, "cluster: cannot record a client");
+            return self.down_admission(&name);
+        }
         // Provisional Qt names are exempt from the policy among themselves,
         // and `allow` is not exclusive: neither is claimed.
         if !handle.is_provisional() && self.policy != DuplicatePolicy::Allow {
@@ -507,17 +557,15 @@ impl Cluster {
                 }
                 Ok(Claimed::Taken { node }) => {
                     tracing::info!(client = %name, holder = %node, "cluster: name held on another node");
+                    self.unrecord_client(handle).await;
                     return Err(Refusal::new(409, format!("name already connected: {name}")));
                 }
                 Err(e) => {
                     tracing::warn!(client = %name, error = %e, "cluster: cannot claim a name");
+                    self.unrecord_client(handle).await;
                     return self.down_admission(&name);
                 }
             }
-        }
-        if let Err(e) = self.record_client(handle).await {
-            tracing::warn!(client = %name, error = %e, "cluster: cannot record a client");
-            return self.down_admission(&name);
         }
         let header = Header::new(&self.node, Kind::Join, Some(name.as_str()));
         let _ = self
@@ -535,6 +583,17 @@ impl Cluster {
             conn.hset::<_, _, _, ()>(self.keys.node_clients(&self.node), handle.id(), row),
         )
         .await
+    }
+
+    /// Forgets the row of a session here.
+    async fn unrecord_client(&self, handle: &SessionHandle) {
+        let mut conn = self.conn();
+        let _: Result<(), String> = self
+            .call(
+                "HDEL",
+                conn.hdel(self.keys.node_clients(&self.node), handle.id()),
+            )
+            .await;
     }
 
     /// What a client gets while Redis is down, by `when_down`.
@@ -631,8 +690,13 @@ impl Cluster {
 
     /// The cluster's part of a session's end (already removed from the
     /// router): release its rooms and its name, tell the other nodes.
-    pub(crate) async fn session_ended(&self, handle: &SessionHandle, rooms: Vec<Arc<str>>) {
+    pub(crate) async fn session_ended(&self, handle: &SessionHandle, mut rooms: Vec<Arc<str>>) {
         let name = handle.name();
+        let replaced = handle.close_order() == Some(crate::close::Close::Replaced);
+        if replaced {
+            // Its rooms went with the replacement: read them back.
+            rooms = self.recorded_rooms(name.as_str()).await;
+        }
         for room in rooms {
             self.left(&room, name.as_str()).await;
         }
@@ -651,20 +715,67 @@ impl Cluster {
                 .await
                 .is_ok_and(|n| n == 1)
         };
-        let mut conn = self.conn();
-        let _: Result<(), String> = self
-            .call(
-                "HDEL",
-                conn.hdel(self.keys.node_clients(&self.node), handle.id()),
-            )
-            .await;
-        if released && !self.router.holds(name.as_str()) {
-            let header = Header::new(&self.node, Kind::Leave, Some(name.as_str()));
-            let _ = self
-                .publish(&self.keys.all(), &header, "", ClusterKind::presence)
-                .await;
+        self.unrecord_client(handle).await;
+        if !self.router.holds(name.as_str()) {
+            // Released: it left. Replaced: it lives on elsewhere, and the
+            // other nodes only forget it was here.
+            let kind = if released {
+                Some(Kind::Leave)
+            } else if replaced {
+                Some(Kind::Moved)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                let header = Header::new(&self.node, kind, Some(name.as_str()));
+                let _ = self
+                    .publish(&self.keys.all(), &header, "", ClusterKind::presence)
+                    .await;
+            }
         }
         self.forget(name.as_str()).await;
+    }
+
+    /// The rooms this node recorded `name` in.
+    async fn recorded_rooms(&self, name: &str) -> Vec<Arc<str>> {
+        let mut conn = self.conn();
+        let pairs: Vec<String> = self
+            .call("SMEMBERS", conn.smembers(self.keys.node_rooms(&self.node)))
+            .await
+            .unwrap_or_default();
+        pairs
+            .iter()
+            .filter_map(|pair| pair.split_once('\n'))
+            .filter(|(_, member)| *member == name)
+            .map(|(room, _)| Arc::from(room))
+            .collect()
+    }
+
+    /// A provisional Qt name here became its full name (`handle`'s name
+    /// now): listen for the new name, claim it, update the row, and tell
+    /// the other nodes (no presence notice, as on one node).
+    pub(crate) async fn renamed(&self, handle: &SessionHandle, old: &str) {
+        let name = handle.name();
+        if self.reachable().is_err() {
+            return; // claimed with the rest when Redis is back
+        }
+        let _ = self
+            .pubsub
+            .subscribe(vec![self.keys.to(name.as_str())])
+            .await;
+        let _ = self.record_client(handle).await;
+        if self.policy != DuplicatePolicy::Allow
+            && let Ok(Claimed::Taken { node }) = self.claim(handle, "reject").await
+        {
+            // The rename was decided here; the name is held elsewhere too.
+            tracing::warn!(client = %name, holder = %node, "cluster: a Qt client took its full name, which another node holds too");
+        }
+        let mut header = Header::new(&self.node, Kind::Renamed, Some(old));
+        header.t = Some(name.to_string());
+        let _ = self
+            .publish(&self.keys.all(), &header, "", ClusterKind::presence)
+            .await;
+        self.forget(old).await;
     }
 
     /// A private message for `dst`, held on no session here: published to
@@ -676,6 +787,7 @@ impl Cluster {
         frame: &str,
         id: Option<&RawValue>,
     ) -> Result<usize, String> {
+        self.reachable()?;
         let mut header = Header::new(&self.node, Kind::Msg, Some(dst));
         header.s = Some(from.to_owned());
         header.i = id.map(RawValue::to_owned);
@@ -688,7 +800,9 @@ impl Cluster {
         // Qt's Latin-1 Origin: the full name may be held as a provisional one.
         let latin1 = qt_latin1(dst);
         if latin1 != dst {
+            // Only a node's one provisional session of that name takes it.
             header.n = Some(latin1.to_string());
+            header.t = Some(dst.to_owned());
             return self
                 .publish(&self.keys.to(&latin1), &header, frame, ClusterKind::private)
                 .await;
@@ -699,6 +813,7 @@ impl Cluster {
     /// A room message, already delivered to the members here: published to
     /// the other nodes with members.
     pub(crate) async fn room(&self, room: &str, frame: &str) -> Result<(), String> {
+        self.reachable()?;
         let header = Header::new(&self.node, Kind::Room, None);
         self.publish(&self.keys.room(room), &header, frame, ClusterKind::room)
             .await
@@ -707,6 +822,7 @@ impl Cluster {
 
     /// `name` joined `room` here: listen to the room, record the member.
     pub(crate) async fn joined(&self, room: &str, name: &str) -> Result<(), String> {
+        self.reachable()?;
         self.pubsub.subscribe(vec![self.keys.room(room)]).await?;
         let mut pipe = redis::pipe();
         pipe.sadd(self.keys.room_members(room), name)
@@ -719,6 +835,9 @@ impl Cluster {
 
     /// `name` left `room` here: stop listening when no member is left here.
     pub(crate) async fn left(&self, room: &str, name: &str) {
+        if self.reachable().is_err() {
+            return; // recorded again (or reaped) when Redis is back
+        }
         if !self.router.has_members(room) {
             let _ = self.pubsub.unsubscribe(vec![self.keys.room(room)]).await;
         }
@@ -744,6 +863,7 @@ impl Cluster {
 
     /// The members of `room` on every node.
     pub(crate) async fn room_names(&self, room: &str) -> Result<Vec<String>, String> {
+        self.reachable()?;
         let mut conn = self.conn();
         let mut names: Vec<String> = self
             .call("SMEMBERS", conn.smembers(self.keys.room_members(room)))
@@ -844,12 +964,13 @@ impl Cluster {
         match (on, header.k) {
             (keys::Channel::To(name), Kind::Msg) => {
                 received(ClusterKind::private);
-                if ours {
-                    // This node publishes only names it does not hold: its
-                    // own message back is a subscription about to go.
-                    return;
-                }
-                let delivery = router.send_to_name(name, || Message::text(body));
+                // Through the Qt fallback only a provisional session takes
+                // it, as on one node.
+                let delivery = if header.t.is_some() {
+                    router.send_to_provisional(name, || Message::text(body))
+                } else {
+                    router.send_to_name(name, || Message::text(body))
+                };
                 let why = if delivery.targets == 0 {
                     wssgate_wire::notice::NOT_CONNECTED
                 } else if delivery.queued == 0 {
@@ -862,21 +983,26 @@ impl Cluster {
                 let Some(sender) = header.s else { return };
                 let mut back = Header::new(&self.node, Kind::Err, Some(&sender));
                 back.i = header.i;
-                let text = format!("{why}: {name}");
+                let text = format!("{why}: {}", header.t.as_deref().unwrap_or(name));
                 let cluster = self.clone();
                 let to = self.keys.node(&header.o);
                 let name = name.to_owned();
                 let full = delivery.targets > 0;
                 tokio::spawn(async move {
-                    // A stale subscription here (a name that moved) must not
-                    // answer for the node that delivered it.
+                    // A stale subscription here (a name that moved, this
+                    // node's own included) must not answer for the node
+                    // that delivered it.
                     if !full && cluster.held_elsewhere(&name).await {
                         cluster.forget(&name).await;
                         return;
                     }
-                    let _ = cluster
-                        .publish(&to, &back, &text, ClusterKind::control)
-                        .await;
+                    if ours {
+                        cluster.tell_sender(&back, &text);
+                    } else {
+                        let _ = cluster
+                            .publish(&to, &back, &text, ClusterKind::control)
+                            .await;
+                    }
                 });
             }
             (keys::Channel::To(name), Kind::Send) => {
@@ -932,12 +1058,36 @@ impl Cluster {
             }
             (keys::Channel::Node, Kind::Err) => {
                 received(ClusterKind::control);
-                let Some(sender) = header.n else { return };
-                let notice = Notice::error(&sender, body, header.i.as_deref()).to_json();
-                router.send_to_name(&sender, || Message::text(notice));
+                self.tell_sender(&header, body);
+            }
+            (keys::Channel::All, Kind::Moved) => {
+                received(ClusterKind::presence);
+                if let Some(name) = header.n.filter(|_| !ours) {
+                    self.mirror.remove(&name, &header.o);
+                }
+            }
+            (keys::Channel::All, Kind::Renamed) => {
+                received(ClusterKind::presence);
+                if let (Some(old), Some(new)) = (header.n, header.t)
+                    && !ours
+                {
+                    let node: Arc<str> = header.o.as_str().into();
+                    self.mirror.remove(&old, &node);
+                    self.mirror.add(&new, &node);
+                }
             }
             _ => {}
         }
+    }
+
+    /// An `error` notice for the sender named in `header` (its request's
+    /// `ref` from `i`), on this node.
+    fn tell_sender(&self, header: &Header, text: &str) {
+        let Some(sender) = header.n.as_deref() else {
+            return;
+        };
+        let notice = Notice::error(sender, text, header.i.as_deref()).to_json();
+        self.router.send_to_name(sender, || Message::text(notice));
     }
 
     // ------------------------------------------------------------ upkeep
@@ -946,33 +1096,41 @@ impl Cluster {
     /// node may have been reaped), so its names must be claimed again.
     async fn beat(&self) -> Result<bool, String> {
         let started = Instant::now();
-        let mut conn = self.conn();
+        let mut conn = self.beats.clone();
         let mut invocation = self.scripts.heartbeat.key(self.keys.nodes());
         invocation
             .arg(&*self.node)
             .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX));
-        let held: i64 = self
-            .call("heartbeat", invocation.invoke_async(&mut conn))
-            .await?;
+        let held: i64 =
+            match tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+                Ok(Ok(held)) => held,
+                Ok(Err(e)) => {
+                    self.set_commands_up(false);
+                    return Err(format!("heartbeat: {e}"));
+                }
+                Err(_) => {
+                    self.set_commands_up(false);
+                    return Err(format!("heartbeat: no answer within {REDIS_TIMEOUT:?}"));
+                }
+            };
+        self.set_commands_up(true);
         self.metrics.rtt.set(started.elapsed().as_secs_f64());
         tracing::debug!(node = %self.node, held, "cluster: lease renewed");
         Ok(held == 1)
     }
 
-    /// The heartbeat: renew the lease, reap dead nodes, and resync what
-    /// events may have left wrong; recover after Redis comes back.
+    /// The heartbeat: renews the lease, on its own connection and task, so
+    /// that no other work (a burst of admissions, a recovery of thousands
+    /// of names) can delay it past the lease. When Redis comes back, or the
+    /// lease had run out, it starts the settling time and asks the upkeep
+    /// task to recover.
     async fn heartbeats(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_resync = Instant::now();
         let mut was_up = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.recover.notified() => {
-                    self.recovered().await;
-                    continue;
-                }
                 _ = tick.tick() => {}
             }
             match self.beat().await {
@@ -983,23 +1141,52 @@ impl Cluster {
                         // every live node had a lease to do the same.
                         tracing::info!(node = %self.node, settle = ?self.lease, "cluster: Redis is back; the name registry settles for one lease");
                         self.settle();
-                        self.recovered().await;
-                        last_resync = Instant::now();
+                        self.recover.notify_one();
                     }
                     was_up = true;
-                    if self.settled() {
-                        // Names admitted on this node meanwhile (when_down = "local").
-                        self.recovered().await;
-                        tracing::info!(node = %self.node, "cluster: the name registry settled");
-                    }
                 }
                 Err(e) => {
                     if was_up {
                         tracing::warn!(node = %self.node, error = %e, "cluster: heartbeat failed");
                     }
                     was_up = false;
+                }
+            }
+        }
+        // A clean stop: the lease ends now. The sessions closing release
+        // their names; whatever they could not, the next reaper frees and
+        // announces.
+        let mut conn = self.beats.clone();
+        let _: Result<(), String> = self
+            .call("ZADD", conn.zadd(self.keys.nodes(), &*self.node, 0))
+            .await;
+    }
+
+    /// The upkeep: reap dead nodes every heartbeat, recover when asked (the
+    /// subscriber reconnected, Redis came back) and when the settling time
+    /// ends, and every [`RESYNC_INTERVAL`] rebuild the mirror and check the
+    /// subscriptions.
+    async fn upkeep(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_resync = Instant::now();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.recover.notified() => {
+                    self.recovered().await;
+                    last_resync = Instant::now();
                     continue;
                 }
+                _ = tick.tick() => {}
+            }
+            if self.reachable().is_err() {
+                continue;
+            }
+            if self.settled() {
+                // Names admitted on this node meanwhile (when_down = "local").
+                self.recovered().await;
+                tracing::info!(node = %self.node, "cluster: the name registry settled");
             }
             self.reap().await;
             if last_resync.elapsed() >= RESYNC_INTERVAL {
@@ -1008,13 +1195,32 @@ impl Cluster {
                 self.pubsub.reconcile(&self).await;
             }
         }
-        // A clean stop: the lease ends now. The sessions closing release
-        // their names; whatever they could not, the next reaper frees and
-        // announces.
+    }
+
+    /// Forgets what a previous process with this node's id left behind,
+    /// and tells the other nodes its clients left.
+    async fn forget_previous(&self) {
         let mut conn = self.conn();
-        let _: Result<(), String> = self
-            .call("ZADD", conn.zadd(self.keys.nodes(), &*self.node, 0))
-            .await;
+        let mut invocation = self.scripts.forget.key(self.keys.names());
+        invocation
+            .arg(&*self.node)
+            .arg(self.keys.node_prefix())
+            .arg(self.keys.room_prefix());
+        let Ok(names) = self
+            .call("forget", invocation.invoke_async::<Vec<String>>(&mut conn))
+            .await
+        else {
+            return;
+        };
+        if !names.is_empty() {
+            tracing::info!(node = %self.node, names = names.len(), "cluster: a previous process with this node id left clients behind; they are gone");
+        }
+        for name in names {
+            let header = Header::new(&self.node, Kind::Leave, Some(&name));
+            let _ = self
+                .publish(&self.keys.all(), &header, "", ClusterKind::presence)
+                .await;
+        }
     }
 
     /// Frees the names of nodes whose lease ran out and announces them gone.
@@ -1036,7 +1242,11 @@ impl Cluster {
         };
         for (node, names, late_ms) in dead {
             self.metrics.reaped.inc();
-            tracing::warn!(node = %self.node, dead = %node, names = names.len(), late_ms, "cluster: a node's lease ran out; its names are free");
+            if late_ms < 0 {
+                tracing::info!(node = %self.node, stopped = %node, names = names.len(), "cluster: a node stopped; what it left is free");
+            } else {
+                tracing::warn!(node = %self.node, dead = %node, names = names.len(), late_ms, "cluster: a node's lease ran out; its names are free");
+            }
             for name in names {
                 let mut header = Header::new(&self.node, Kind::Leave, Some(&name));
                 header.d = Some(node.clone());
@@ -1048,62 +1258,96 @@ impl Cluster {
     }
 
     /// After Redis came back (or this node's lease had run out): claim this
-    /// node's names again (newest owner wins: a name another node took
-    /// meanwhile closes the session here with 4000), release the names it
-    /// no longer holds, record its rooms again, resync the mirror.
+    /// node's names again (a name another live node took meanwhile closes
+    /// the session here with 4000), record its clients and rooms again,
+    /// listen for them, release what it no longer holds, resync the mirror.
+    /// In batches: a round trip per few hundred sessions, not per session.
     async fn recovered(&self) {
         tracing::info!(node = %self.node, "cluster: claiming this node's names again");
+        const CHUNK: usize = 256;
         let sessions = self.router.sessions();
-        for handle in &sessions {
-            let name = handle.name();
-            if !handle.is_provisional() && self.policy != DuplicatePolicy::Allow {
-                match self.claim(handle, "reclaim").await {
-                    Ok(Claimed::Ok { previous: None }) => {
-                        // It had been freed (reaped): the others announced a leave.
-                        let header = Header::new(&self.node, Kind::Join, Some(name.as_str()));
-                        let _ = self
-                            .publish(&self.keys.all(), &header, "", ClusterKind::presence)
-                            .await;
-                    }
-                    Ok(Claimed::Ok { .. }) => {}
-                    Ok(Claimed::Taken { node }) => {
-                        tracing::info!(client = %name, holder = %node, "cluster: the name was taken on another node meanwhile; replaced");
-                        self.router.replaced_elsewhere(name.as_str(), handle.id());
-                    }
+        for chunk in sessions.chunks(CHUNK) {
+            let claimed: Vec<&Arc<SessionHandle>> = chunk
+                .iter()
+                .filter(|h| !h.is_provisional() && self.policy != DuplicatePolicy::Allow)
+                .collect();
+            if !claimed.is_empty() {
+                let mut conn = self.conn();
+                let mut invocation = self.scripts.reclaim.key(self.keys.names());
+                invocation
+                    .key(self.keys.nodes())
+                    .key(self.keys.node_names(&self.node))
+                    .arg(&*self.node)
+                    .arg(self.keys.node_prefix());
+                for handle in &claimed {
+                    invocation
+                        .arg(handle.name().as_str())
+                        .arg(self.entry(handle));
+                }
+                let (taken, fresh): (Vec<String>, Vec<String>) = match self
+                    .call("reclaim", invocation.invoke_async(&mut conn))
+                    .await
+                {
+                    Ok(answer) => answer,
                     Err(e) => {
-                        tracing::warn!(error = %e, "cluster: recovery stopped; retried at the next heartbeat");
+                        tracing::warn!(error = %e, "cluster: recovery stopped; retried when Redis answers");
                         return;
                     }
+                };
+                for name in &taken {
+                    for handle in claimed.iter().filter(|h| h.name().as_str() == name) {
+                        tracing::info!(client = %name, "cluster: the name was taken on another node meanwhile; replaced");
+                        self.router.replaced_elsewhere(name, handle.id());
+                    }
+                }
+                // Freed meanwhile (reaped): the others announced a leave.
+                for name in fresh {
+                    let header = Header::new(&self.node, Kind::Join, Some(&name));
+                    let _ = self
+                        .publish(&self.keys.all(), &header, "", ClusterKind::presence)
+                        .await;
                 }
             }
-            let _ = self.record_client(handle).await;
-            for room in self.router.rooms_of(handle) {
-                let _ = self.joined(&room, name.as_str()).await;
+            let mut pipe = redis::pipe();
+            for handle in chunk {
+                let row = serde_json::to_string(&ClientRow::of(handle, None)).unwrap_or_default();
+                pipe.hset(self.keys.node_clients(&self.node), handle.id(), row)
+                    .ignore();
+                let name = handle.name();
+                for room in self.router.rooms_of(handle) {
+                    pipe.sadd(self.keys.room_members(&room), name.as_str())
+                        .ignore()
+                        .sadd(self.keys.node_rooms(&self.node), format!("{room}\n{name}"))
+                        .ignore();
+                }
             }
+            let mut conn = self.conn();
+            let _: Result<(), String> = self.call("record", pipe.query_async(&mut conn)).await;
         }
+        self.pubsub.reconcile(self).await;
         self.release_stale().await;
         self.resync_mirror().await;
     }
 
-    /// Releases names the registry says this node holds but no session here
-    /// does, and forgets such sessions' rows (a release that failed while
-    /// Redis was down).
+    /// Releases names the registry says a session of this node holds that
+    /// is not here any more, and forgets such sessions' rows (a release that
+    /// failed while Redis was down). By session id, so a session admitted
+    /// meanwhile is never taken for a stale one.
     async fn release_stale(&self) {
         let mut conn = self.conn();
-        let live: std::collections::HashSet<String> = self
-            .router
-            .sessions()
-            .iter()
-            .map(|s| s.id().to_string())
-            .collect();
+        let live = |router: &Router| -> std::collections::HashSet<u64> {
+            router.sessions().iter().map(|s| s.id()).collect()
+        };
         if let Ok(recorded) = self
             .call(
                 "HKEYS",
-                conn.hkeys::<_, Vec<String>>(self.keys.node_clients(&self.node)),
+                conn.hkeys::<_, Vec<u64>>(self.keys.node_clients(&self.node)),
             )
             .await
         {
-            let gone: Vec<String> = recorded
+            // Read after the keys: a session admitted since is not in them.
+            let live = live(&self.router);
+            let gone: Vec<u64> = recorded
                 .into_iter()
                 .filter(|id| !live.contains(id))
                 .collect();
@@ -1122,18 +1366,38 @@ impl Cluster {
         else {
             return;
         };
-        for name in held.into_iter().filter(|n| !self.router.holds(n)) {
+        let mut pipe = redis::pipe();
+        for name in &held {
+            pipe.hget(self.keys.names(), name);
+        }
+        let Ok(entries) = self
+            .call("HGET", pipe.query_async::<Vec<Option<String>>>(&mut conn))
+            .await
+        else {
+            return;
+        };
+        let live = live(&self.router);
+        for (name, entry) in held.iter().zip(entries) {
+            let Some(entry) = entry else { continue };
+            let mut parts = entry.split('|');
+            let (Some(node), Some(id)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if node != &*self.node || id.parse().is_ok_and(|id: u64| live.contains(&id)) {
+                continue;
+            }
             let mut invocation = self.scripts.release.key(self.keys.names());
             invocation
                 .key(self.keys.node_names(&self.node))
-                .arg(&name)
-                .arg(format!("{}|", self.node));
+                .arg(name)
+                .arg(format!("{node}|{id}|"));
             if self
                 .call("release", invocation.invoke_async::<i64>(&mut conn))
                 .await
                 .is_ok_and(|n| n == 1)
+                && !self.router.holds(name)
             {
-                let header = Header::new(&self.node, Kind::Leave, Some(&name));
+                let header = Header::new(&self.node, Kind::Leave, Some(name));
                 let _ = self
                     .publish(&self.keys.all(), &header, "", ClusterKind::presence)
                     .await;
@@ -1144,6 +1408,7 @@ impl Cluster {
     /// Rebuilds the mirror of the other nodes' names from their recorded
     /// clients and announces what changed (events are at most once).
     async fn resync_mirror(&self) {
+        let epoch = self.mirror.epoch();
         let Ok(rows) = self.other_nodes_clients().await else {
             return;
         };
@@ -1153,7 +1418,9 @@ impl Cluster {
                 fresh.entry(row.name).or_default().insert(node.into());
             }
         }
-        let (joined, left) = self.mirror.replace(fresh);
+        let Some((joined, left)) = self.mirror.replace(fresh, epoch) else {
+            return; // an event came in meanwhile: the next resync
+        };
         for (event, names) in [(Presence::Join, joined), (Presence::Leave, left)] {
             for name in names {
                 if !self.router.holds(&name)
@@ -1248,7 +1515,13 @@ mod tests {
         assert!(m.names().is_empty());
         m.add("b", &n1);
         let fresh = HashMap::from([("c".to_owned(), BTreeSet::from([n2.clone()]))]);
-        let (joined, left) = m.replace(fresh);
+        let epoch = m.epoch();
+        let (joined, left) = m.replace(fresh.clone(), epoch).unwrap();
         assert_eq!((joined, left), (vec!["c".to_owned()], vec!["b".to_owned()]));
+        // An event after the read wins over the read.
+        let epoch = m.epoch();
+        m.add("d", &n1);
+        assert!(m.replace(fresh, epoch).is_none());
+        assert!(m.names().contains(&"d".to_owned()));
     }
 }
