@@ -443,8 +443,11 @@ async fn events_report_connect_message_error_and_disconnect() {
     let event = await_event(&mut events, |_| true).await;
     assert_eq!(
         event,
-        json!({"type":"connect","name":"alice","remote":remote,"listener":"ws"})
+        json!({"type":"connect","name":"alice","remote":remote,"listener":"ws","tls":false,
+               "connected_at":event["connected_at"],"provisional":false})
     );
+    let at = event["connected_at"].as_str().unwrap_or_default();
+    assert!(humantime::parse_rfc3339(at).is_ok(), "connected_at {at:?}");
 
     send_text(&mut alice, "hello, operator").await;
     let event = await_event(&mut events, |_| true).await;
@@ -629,7 +632,7 @@ async fn metrics_are_prometheus_text() {
 /// Every route behind the token, with a request that would succeed.
 const GUARDED: [(&str, &str); 6] = [
     ("GET", "/clients"),
-    ("DELETE", "/clients/alice"),
+    ("DELETE", "/clients/bob"),
     ("POST", "/broadcast"),
     ("POST", "/send/alice"),
     ("GET", "/events"),
@@ -666,6 +669,7 @@ async fn token_guards_every_route_but_healthz() {
     ))
     .await;
     let mut alice = connect(&gw, "alice").await;
+    let mut bob = connect(&gw, "bob").await;
 
     let wrong = [
         None,
@@ -685,8 +689,8 @@ async fn token_guards_every_route_but_healthz() {
             );
         }
     }
-    // Nothing got through to alice.
-    assert_eq!(list(&mut alice).await, ["alice"]);
+    // Nothing got through to alice (nor bob: no kick).
+    assert_eq!(list(&mut alice).await, ["alice", "bob"]);
 
     // healthz needs no token.
     assert_eq!(status_with(&gw, "GET", "/healthz", None).await, 200);
@@ -700,9 +704,11 @@ async fn token_guards_every_route_but_healthz() {
             "{method} {path}"
         );
     }
-    // The POSTs above reached alice: the broadcast, then the send.
+    // The POSTs above reached alice: the broadcast, then the send; the
+    // DELETE closed bob.
     assert_eq!(recv_text(&mut alice).await, "x");
     assert_eq!(recv_text(&mut alice).await, "x");
+    assert_eq!(recv_close(&mut bob).await.0, 4001);
 
     // The scheme is case-insensitive (RFC 9110 section 11.1); the token is not.
     for scheme in ["bearer", "BEARER"] {
