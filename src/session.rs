@@ -174,13 +174,10 @@ pub async fn run<S>(
                 }
                 match frame {
                     Ok(Message::Text(text)) => {
-                        // A provisional Qt name may become its full name here.
-                        let provisional = (cluster.is_some() && handle.is_provisional()).then(|| handle.name());
-                        let remote = on_text(&router, &handle, &counters, &mut routes, permissions, cluster.as_deref(), text);
-                        if let Some(cluster) = &cluster && (remote.is_some() || provisional.is_some()) {
-                            // Boxed: only a cluster node's frames for other
-                            // nodes pay for this future, not every session.
-                            Box::pin(for_other_nodes(cluster, &router, &handle, &counters, remote, provisional)).await;
+                        // Only the boxed step is held across the await: every
+                        // session's state holds a pointer, not a step.
+                        if let Some(step) = text_frame(&router, &handle, &counters, &mut routes, permissions, cluster.as_ref(), text) {
+                            step.await;
                         }
                     }
                     Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, permissions, &data),
@@ -214,8 +211,17 @@ pub async fn run<S>(
         }
     };
 
-    let rooms = cluster.as_ref().map(|_| router.rooms_of(&handle));
-    router.remove(&handle);
+    match &cluster {
+        Some(cluster) => {
+            let rooms = router.rooms_of(&handle);
+            router.remove(&handle);
+            // The cluster's part as a task of its own: nothing of it is
+            // held in every session's state, and the close is not delayed.
+            let (cluster, handle) = (cluster.clone(), handle.clone());
+            tokio::spawn(async move { cluster.session_ended(&handle, rooms).await });
+        }
+        None => router.remove(&handle),
+    }
     let name = handle.name();
     let remote = handle.info.remote;
     let reason = match &end {
@@ -238,9 +244,6 @@ pub async fn run<S>(
         remote,
         reason: &reason,
     });
-    if let Some(cluster) = &cluster {
-        Box::pin(cluster.session_ended(&handle, rooms.unwrap_or_default())).await;
-    }
 }
 
 /// Runs one write while watching for a close order and for a peer that
@@ -672,6 +675,45 @@ fn on_text(
         }
     }
     None
+}
+
+/// What a session waits for after a text frame: the other nodes' part.
+type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Handles a text frame here, and returns the other nodes' part of it, if
+/// any, as one boxed future (a Qt rename, then its [`Remote`] step).
+fn text_frame<'a>(
+    router: &'a Router,
+    handle: &'a Arc<SessionHandle>,
+    counters: &'a Counters,
+    routes: &mut RouteCache,
+    permissions: Option<&Permissions>,
+    cluster: Option<&'a Arc<Cluster>>,
+    text: Utf8Bytes,
+) -> Option<Step<'a>> {
+    // A provisional Qt name may become its full name with this frame.
+    let provisional = (cluster.is_some() && handle.is_provisional()).then(|| handle.name());
+    let remote = on_text(
+        router,
+        handle,
+        counters,
+        routes,
+        permissions,
+        cluster.map(|c| &**c),
+        text,
+    );
+    let cluster = cluster?;
+    if remote.is_none() && provisional.is_none() {
+        return None;
+    }
+    Some(Box::pin(for_other_nodes(
+        cluster,
+        router,
+        handle,
+        counters,
+        remote,
+        provisional,
+    )))
 }
 
 /// The other nodes' part of a text frame: a rename it made (a provisional
