@@ -106,10 +106,14 @@ impl Log {
         if *cursor < oldest {
             return Backlog::Behind;
         }
+        // Sequence numbers are consecutive: the cursor's entry is found by
+        // arithmetic, and only the unseen entries are read (a scan from the
+        // front cost every session the whole log at every event).
+        let skip = usize::try_from(*cursor - oldest).unwrap_or(usize::MAX);
         let events = inner
             .entries
-            .iter()
-            .filter(|e| e.seq >= *cursor && e.session != session);
+            .range(skip.min(inner.entries.len())..)
+            .filter(|e| e.session != session);
         let backlog = if unseen <= MAX_NOTICES {
             Backlog::Events(events.map(|e| (e.event, e.name.clone())).collect())
         } else {
@@ -211,5 +215,39 @@ mod tests {
             Backlog::Events(vec![(Presence::Join, name("x"))])
         );
         assert_eq!(log.since(&mut cursor, u64::MAX), Backlog::Behind);
+    }
+
+    #[test]
+    fn a_cursor_in_a_wrapped_log_reads_exactly_what_followed_it() {
+        let log = Log::default();
+        for i in 0..(LOG_CAP as u64 * 2 + 7) {
+            log.record(Presence::Join, name(&format!("n{i}")), i);
+        }
+        let head = log.head();
+        // Three behind: those three, in order, the reader's own left out.
+        let mut cursor = head - 3;
+        let expect = |from: u64| -> Vec<_> {
+            (from..head)
+                .filter(|&i| i != head - 2)
+                .map(|i| (Presence::Join, name(&format!("n{i}"))))
+                .collect()
+        };
+        assert_eq!(
+            log.since(&mut cursor, head - 2),
+            Backlog::Events(expect(head - 3))
+        );
+        assert_eq!(cursor, head);
+        // The oldest entry still kept: everything, folded into a digest.
+        let mut oldest = head - LOG_CAP as u64;
+        let Backlog::Digest { joined, left } = log.since(&mut oldest, u64::MAX) else {
+            panic!("a digest");
+        };
+        assert_eq!(joined.len(), LOG_CAP);
+        assert_eq!(joined[0], format!("n{}", head - LOG_CAP as u64));
+        assert_eq!(joined[LOG_CAP - 1], format!("n{}", head - 1));
+        assert!(left.is_empty());
+        // One further back has left the log.
+        let mut gone = head - LOG_CAP as u64 - 1;
+        assert_eq!(log.since(&mut gone, u64::MAX), Backlog::Behind);
     }
 }
