@@ -140,6 +140,7 @@ impl Server {
             shared.cluster = Some(
                 Cluster::start(
                     cluster.get_ref(),
+                    shared.limits.max_message_size.get(),
                     shared.router.clone(),
                     &shared.metrics,
                     &shared.tracker,

@@ -118,6 +118,10 @@ struct NodeLabel {
 #[derive(Clone)]
 pub struct ClusterMetrics {
     messages: Family<ClusterLabel, Counter>,
+    /// The private messages' two series (published, received), looked up
+    /// once: a label lookup per message is a lock and a hash. On first use,
+    /// so that /metrics shows no series before its first message.
+    private: [std::sync::OnceLock<Counter>; 2],
     /// 1 while Redis answers commands and the subscriber is connected.
     pub up: Gauge,
     /// The last heartbeat's round trip to Redis, in seconds.
@@ -131,9 +135,15 @@ pub struct ClusterMetrics {
 impl ClusterMetrics {
     /// Counts one message published or received.
     pub fn message(&self, direction: Direction, kind: ClusterKind) {
-        self.messages
-            .get_or_create(&ClusterLabel { direction, kind })
-            .inc();
+        let label = ClusterLabel { direction, kind };
+        if kind == ClusterKind::private {
+            let series = &self.private[usize::from(direction == Direction::received)];
+            series
+                .get_or_init(|| self.messages.get_or_create_owned(&label))
+                .inc();
+        } else {
+            self.messages.get_or_create(&label).inc();
+        }
     }
 }
 
@@ -262,6 +272,7 @@ impl Metrics {
         };
         ClusterMetrics {
             messages: self.cluster_messages.clone(),
+            private: Default::default(),
             up: self.cluster_up.get_or_create_owned(&label),
             rtt: self.cluster_rtt.get_or_create_owned(&label),
             reconnects: self.cluster_reconnects.get_or_create_owned(&label),

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::SystemTime;
 
@@ -48,6 +48,9 @@ pub struct SessionHandle {
     close_order: CloseOrder,
     /// The presence events this session has been told of (see `presence.rs`).
     presence_cursor: AtomicU64,
+    /// Its private messages for other nodes whose answers from Redis did
+    /// not come yet (see `session.rs`, `text_frame`).
+    unanswered: AtomicU32,
     /// Operator-facing facts.
     pub info: ClientInfo,
 }
@@ -81,6 +84,23 @@ pub enum RoomError {
 }
 
 impl SessionHandle {
+    /// Counts a private message for another node published; returns how
+    /// many have no answer yet, this one included.
+    pub(crate) fn published(&self) -> u32 {
+        self.unanswered.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Counts the answer to one such message handled (its error, if any,
+    /// queued for the session first).
+    pub(crate) fn answered(&self) {
+        self.unanswered.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Private messages for other nodes whose answers did not come yet.
+    pub(crate) fn unanswered(&self) -> u32 {
+        self.unanswered.load(Ordering::Acquire)
+    }
+
     /// The session's id, unique in this process.
     pub fn id(&self) -> u64 {
         self.id
@@ -348,6 +368,7 @@ impl Router {
             close,
             close_order: CloseOrder::default(),
             presence_cursor: AtomicU64::new(0),
+            unanswered: AtomicU32::new(0),
             info,
         });
         let mut state = self.write();

@@ -31,6 +31,7 @@ use crate::protocol::{self, Envelope, Forward, Request};
 use crate::ratelimit::{SessionLimits, Verdict};
 use crate::router::{Delivery, RouteCache, Router, SessionHandle};
 use crate::token::Permissions;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::value::RawValue;
 use wssgate_wire::Notice;
 use wssgate_wire::notice;
@@ -180,7 +181,13 @@ pub async fn run<S>(
                             step.await;
                         }
                     }
-                    Ok(Message::Binary(data)) => on_binary(&router, &handle, &counters, permissions, &data),
+                    Ok(Message::Binary(data)) => {
+                        if let Some(cluster) = cluster.as_ref().filter(|_| handle.unanswered() > 0) {
+                            // In order: after the earlier messages' errors.
+                            Box::pin(cluster.fence()).await;
+                        }
+                        on_binary(&router, &handle, &counters, permissions, &data);
+                    }
                     Ok(Message::Ping(_)) => {
                         // tungstenite queued the pong; send it now.
                         if let Err(end) = guarded(ws.flush(), &handle, &mut ping, stall_ticks).await {
@@ -486,7 +493,7 @@ fn on_read_error(router: &Router, handle: &SessionHandle, e: WsError) -> End {
 
 /// Counters on the message path, cloned once per session.
 struct Counters {
-    private: prometheus_client::metrics::counter::Counter,
+    private: Counter,
     room: prometheus_client::metrics::counter::Counter,
     to_server: prometheus_client::metrics::counter::Counter,
 }
@@ -532,8 +539,9 @@ enum Remote {
     },
 }
 
-/// Handles a text frame here; returns what the other nodes must still do
-/// (only with a cluster).
+/// Handles a text frame (`request`, read from `text`) here; returns what
+/// the other nodes must still do (only with a cluster).
+#[allow(clippy::too_many_arguments)]
 fn on_text(
     router: &Router,
     handle: &Arc<SessionHandle>,
@@ -541,17 +549,18 @@ fn on_text(
     routes: &mut RouteCache,
     permissions: Option<&Permissions>,
     cluster: Option<&Cluster>,
-    text: Utf8Bytes,
+    request: Request<'_>,
+    text: &Utf8Bytes,
 ) -> Option<Remote> {
-    match protocol::classify(&text) {
+    match request {
         Request::Private(mut envelope) => {
             let name = sender_name(router, handle, &envelope);
             let dst = std::mem::take(&mut envelope.dst);
             let delivery =
-                router.send_to_name_cached(routes, &dst, || forward(&envelope, &name, &text));
+                router.send_to_name_cached(routes, &dst, || forward(&envelope, &name, text));
             if delivery.targets == 0 && cluster.is_some() {
                 return Some(Remote::Private {
-                    frame: forward(&envelope, &name, &text),
+                    frame: forward(&envelope, &name, text),
                     from: name,
                     dst: dst.into_owned(),
                     id: envelope.id.map(RawValue::to_owned),
@@ -577,13 +586,13 @@ fn on_text(
             let name = sender_name(router, handle, &envelope);
             let room = std::mem::take(&mut envelope.dst);
             let delivery = router
-                .send_to_room_cached(routes, handle, &room, || forward(&envelope, &name, &text));
+                .send_to_room_cached(routes, handle, &room, || forward(&envelope, &name, text));
             match delivery {
                 Ok(_) => {
                     counters.room.inc();
                     if cluster.is_some() {
                         return Some(Remote::Room {
-                            frame: forward(&envelope, &name, &text),
+                            frame: forward(&envelope, &name, text),
                             room: room.into_owned(),
                             id: envelope.id.map(RawValue::to_owned),
                         });
@@ -670,7 +679,7 @@ fn on_text(
             router.events().publish(&Event::Message {
                 name: name.as_str(),
                 remote,
-                text: &text,
+                text,
             });
         }
     }
@@ -680,17 +689,47 @@ fn on_text(
 /// What a session waits for after a text frame: the other nodes' part.
 type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
+/// Private messages for other nodes a session may have unanswered before
+/// it waits for their answers.
+const UNANSWERED: u32 = 32;
+
 /// Handles a text frame here, and returns the other nodes' part of it, if
 /// any, as one boxed future (a Qt rename, then its [`Remote`] step).
+///
+/// A private message for another node is not waited for: it is queued for
+/// the publisher, and the publisher's task answers the sender if it was
+/// not delivered, as [`remote_step`] would, so that the session reads on
+/// and its messages share the publisher's batches. Order holds: messages
+/// are published in the order they were read, and answered in that order;
+/// any other frame first waits until the answers to the earlier ones came
+/// (so a `list` stays a barrier), and a session with [`UNANSWERED`]
+/// messages unanswered waits for them before it reads on.
+/// An error about a later message to a client of this node may come before
+/// an earlier remote one's, as an error from the receiving node always
+/// could; each carries its request's `ref`.
+#[allow(clippy::too_many_arguments)]
 fn text_frame<'a>(
-    router: &'a Router,
+    router: &'a Arc<Router>,
     handle: &'a Arc<SessionHandle>,
     counters: &'a Counters,
-    routes: &mut RouteCache,
-    permissions: Option<&Permissions>,
+    routes: &'a mut RouteCache,
+    permissions: Option<&'a Permissions>,
     cluster: Option<&'a Arc<Cluster>>,
     text: Utf8Bytes,
 ) -> Option<Step<'a>> {
+    let request = protocol::classify(&text);
+    if let Some(cluster) = cluster
+        && handle.unanswered() > 0
+        && !for_another_node(router, &request)
+    {
+        drop(request);
+        return Some(Box::pin(async move {
+            cluster.fence().await;
+            // Once: answers that never come (the publisher stopped) are
+            // answered as failed, and the frame is handled regardless.
+            fenced_text_frame(router, handle, counters, routes, permissions, cluster, text).await;
+        }));
+    }
     // A provisional Qt name may become its full name with this frame.
     let provisional = (cluster.is_some() && handle.is_provisional()).then(|| handle.name());
     let remote = on_text(
@@ -700,20 +739,94 @@ fn text_frame<'a>(
         routes,
         permissions,
         cluster.map(|c| &**c),
-        text,
+        request,
+        &text,
     );
     let cluster = cluster?;
+    let remote = match remote {
+        Some(Remote::Private {
+            from,
+            dst,
+            frame,
+            id,
+        }) if provisional.is_none() => {
+            let text = frame.to_text().unwrap_or_default();
+            match cluster.private_queued(from.as_str(), &dst, text, id.as_deref()) {
+                Some(queued) => {
+                    // Counted before its answer can come.
+                    let unanswered = handle.published();
+                    let (router, handle) = (router.clone(), handle.clone());
+                    let delivered = counters.private.clone();
+                    queued.then(move |reached| {
+                        private_answered(
+                            &router,
+                            &handle,
+                            &delivered,
+                            &dst,
+                            id.as_deref(),
+                            reached,
+                        );
+                        handle.answered();
+                    });
+                    if unanswered < UNANSWERED {
+                        return None;
+                    }
+                    return Some(Box::pin(cluster.fence()));
+                }
+                None => Some(Remote::Private {
+                    from,
+                    dst,
+                    frame,
+                    id,
+                }),
+            }
+        }
+        remote => remote,
+    };
     if remote.is_none() && provisional.is_none() {
         return None;
     }
-    Some(Box::pin(for_other_nodes(
-        cluster,
+    // Waits: after the answers to the messages before it.
+    let fence = handle.unanswered() > 0;
+    Some(Box::pin(async move {
+        if fence {
+            cluster.fence().await;
+        }
+        for_other_nodes(cluster, router, handle, counters, remote, provisional).await;
+    }))
+}
+
+/// Whether `request` is a private message for a name no session here
+/// holds: one that is published, in order, after the earlier ones without
+/// waiting for their answers. Anything else, a private message delivered
+/// here included (its recipient may have just moved here from the node an
+/// earlier one went to), waits for those answers first.
+fn for_another_node(router: &Router, request: &Request<'_>) -> bool {
+    matches!(request, Request::Private(envelope) if !router.holds(&envelope.dst))
+}
+
+/// [`text_frame`] after its fence: the frame handled, its own step awaited.
+async fn fenced_text_frame(
+    router: &Arc<Router>,
+    handle: &Arc<SessionHandle>,
+    counters: &Counters,
+    routes: &mut RouteCache,
+    permissions: Option<&Permissions>,
+    cluster: &Arc<Cluster>,
+    text: Utf8Bytes,
+) {
+    let provisional = handle.is_provisional().then(|| handle.name());
+    let remote = on_text(
         router,
         handle,
         counters,
-        remote,
-        provisional,
-    )))
+        routes,
+        permissions,
+        Some(cluster),
+        protocol::classify(&text),
+        &text,
+    );
+    for_other_nodes(cluster, router, handle, counters, remote, provisional).await;
 }
 
 /// The other nodes' part of a text frame: a rename it made (a provisional
@@ -756,28 +869,17 @@ async fn remote_step(
             id,
         } => {
             let text = frame.to_text().unwrap_or_default();
-            match cluster
+            let reached = cluster
                 .private(from.as_str(), &dst, text, id.as_deref())
-                .await
-            {
-                Ok(0) => reject(
-                    router,
-                    handle,
-                    ErrorKind::unknown_recipient,
-                    &format!("{}: {dst}", notice::NOT_CONNECTED),
-                    id.as_deref(),
-                ),
-                Ok(_) => {
-                    counters.private.inc();
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "cluster: private message not published");
-                    unavailable(
-                        format!("cluster unavailable: cannot reach {dst}"),
-                        id.as_deref(),
-                    );
-                }
-            }
+                .await;
+            private_answered(
+                router,
+                handle,
+                &counters.private,
+                &dst,
+                id.as_deref(),
+                reached,
+            );
         }
         Remote::Room { room, frame, id } => {
             let text = frame.to_text().unwrap_or_default();
@@ -818,6 +920,41 @@ async fn remote_step(
             };
             let notice = Notice::list(me.as_str(), &names, Some(&room), id.as_deref());
             router.reply(handle, Message::text(notice.to_json()));
+        }
+    }
+}
+
+/// Answers the sender of a private message for another node by what Redis
+/// said: `recipient not connected` when no node took it, `cluster
+/// unavailable` when Redis failed.
+fn private_answered(
+    router: &Router,
+    handle: &SessionHandle,
+    delivered: &Counter,
+    dst: &str,
+    id: Option<&RawValue>,
+    reached: Result<usize, String>,
+) {
+    match reached {
+        Ok(0) => reject(
+            router,
+            handle,
+            ErrorKind::unknown_recipient,
+            &format!("{}: {dst}", notice::NOT_CONNECTED),
+            id,
+        ),
+        Ok(_) => {
+            delivered.inc();
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cluster: private message not published");
+            reject(
+                router,
+                handle,
+                ErrorKind::cluster_unavailable,
+                &format!("cluster unavailable: cannot reach {dst}"),
+                id,
+            );
         }
     }
 }

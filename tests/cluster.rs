@@ -103,6 +103,79 @@ async fn private_messages_cross_nodes_and_unknown_names_are_answered() {
 }
 
 #[tokio::test]
+async fn a_burst_across_nodes_keeps_its_order_and_a_list_stays_a_barrier() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    let mut alice = connect(&n1, "alice").await;
+    let mut carol = connect(&n1, "carol").await;
+    let mut bob = connect(&n2, "bob").await;
+    // More messages than a session publishes before it waits for their
+    // answers, mixed with messages to nobody (answered with their refs)
+    // and one to a client of this node, then a list, all without waiting.
+    for i in 0..100 {
+        send_json(&mut alice, &json!({"dst": "bob", "msg": i})).await;
+        if i % 10 == 0 {
+            send_json(&mut alice, &json!({"dst": "nobody", "msg": i, "id": i})).await;
+        }
+    }
+    send_json(&mut alice, &json!({"dst": "carol", "msg": "local"})).await;
+    send_json(&mut alice, &json!({"type": "list", "id": "L"})).await;
+    for i in 0..100 {
+        assert_eq!(recv_json(&mut bob).await["msg"], i);
+    }
+    assert_eq!(recv_json(&mut carol).await["msg"], "local");
+    // Every error in order, and all before the list's reply.
+    for i in (0..100).step_by(10) {
+        let error = recv_json(&mut alice).await;
+        assert_eq!(error["msg"], "recipient not connected: nobody", "{error}");
+        assert_eq!(error["ref"], i);
+    }
+    let reply = recv_json(&mut alice).await;
+    assert_eq!(
+        (&reply["type"], &reply["ref"]),
+        (&json!("list"), &json!("L"))
+    );
+    assert_eq!(reply["names"], json!(["alice", "bob", "carol"]));
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
+async fn a_publishers_connection_closed_while_idle_costs_no_message() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let n1 = node(&redis, "n1", "", "").await;
+    let n2 = node(&redis, "n2", "", "").await;
+    let mut alice = connect(&n1, "alice").await;
+    let mut bob = connect(&n2, "bob").await;
+    assert_eq!(
+        private(&mut alice, &mut bob, "bob", "before").await["msg"],
+        "before"
+    );
+    // Redis closes both nodes' publishing connections (each published its
+    // client's join) as a restart, a timeout on the way or an operator
+    // would, while nothing is published: the next message finds its node's
+    // closed before writing and goes on a new one.
+    assert_eq!(redis.kill_clients_last_running("publish").await, 2);
+    for i in 0..3 {
+        let text = format!("after {i}");
+        assert_eq!(
+            private(&mut alice, &mut bob, "bob", &text).await["msg"],
+            text
+        );
+    }
+    // No error came to alice: her next frame is her list's answer.
+    assert_eq!(list(&mut alice).await, ["alice", "bob"]);
+    assert!(health(&n1).await.contains("cluster: up"));
+    n1.stop().await;
+    n2.stop().await;
+}
+
+#[tokio::test]
 async fn rooms_span_nodes_and_a_node_leaves_a_room_it_has_no_member_of() {
     let Some(redis) = Redis::start().await else {
         return;
@@ -575,6 +648,33 @@ async fn rediss_with_the_ca_given_and_a_password_from_the_environment() {
         private(&mut a, &mut b, "b", "over TLS").await["msg"],
         "over TLS"
     );
+    // Batches larger than a socket takes at once (three senders, 30 KiB
+    // messages, none waited for): every byte of each reaches Redis (TLS
+    // holds what the socket did not take until it is flushed), in order.
+    let mut senders = Vec::new();
+    for s in 0..3 {
+        senders.push(connect(&n1, &format!("s{s}")).await);
+    }
+    let filler = "x".repeat(30 * 1024);
+    for i in 0..60 {
+        for ws in &mut senders {
+            send_json(ws, &json!({"dst": "b", "msg": format!("{i} {filler}")})).await;
+        }
+    }
+    let mut next = [0usize; 3];
+    for _ in 0..180 {
+        let got = recv_json(&mut b).await;
+        let src = got["src"].as_str().expect("src").to_owned();
+        let s: usize = src[1..].parse().expect("a sender");
+        let msg = got["msg"].as_str().expect("msg");
+        assert_eq!(
+            msg.split(' ').next(),
+            Some(next[s].to_string().as_str()),
+            "from {src}"
+        );
+        next[s] += 1;
+    }
+    assert_eq!(list(&mut a).await.len(), 5);
     n1.stop().await;
     n2.stop().await;
     // Without the CA the system roots do not know the dev CA: refused at start.
@@ -604,7 +704,17 @@ async fn rediss_with_the_ca_given_and_a_password_from_the_environment() {
     );
     let n = start_config(&with_password).await;
     assert!(health(&n).await.contains("cluster: up"));
+    // A message between two nodes: the publisher's and the subscriber's
+    // connections sign in with it too.
+    let other = start_config(&with_password.replace("\"p1\"", "\"p1b\"")).await;
+    let mut a = connect(&n, "a").await;
+    let mut b = connect(&other, "b").await;
+    assert_eq!(
+        private(&mut a, &mut b, "b", "signed in").await["msg"],
+        "signed in"
+    );
     n.stop().await;
+    other.stop().await;
     // Without it: the reason says so, and the password is not printed.
     let config = Config::parse(
         &node_config(&redis, "p2", "", ""),

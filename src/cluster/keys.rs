@@ -73,7 +73,12 @@ impl Keys {
 
     /// Channel of a name's private messages.
     pub(crate) fn to(&self, name: &str) -> String {
-        format!("{}:to:{name}", self.prefix)
+        // Once per private message: without the formatting machinery.
+        let mut channel = String::with_capacity(self.prefix.len() + 4 + name.len());
+        channel.push_str(&self.prefix);
+        channel.push_str(":to:");
+        channel.push_str(name);
+        channel
     }
 
     /// Channel of a room's messages.

@@ -25,6 +25,7 @@
 mod envelope;
 mod keys;
 mod publisher;
+mod resp;
 mod scripts;
 mod subscriber;
 
@@ -53,6 +54,7 @@ use crate::metrics::{ClusterKind, ClusterMetrics, Direction, Metrics};
 use crate::router::{Router, SessionHandle};
 use envelope::{Header, Kind};
 use keys::Keys;
+use publisher::Failure;
 use scripts::Scripts;
 
 /// Time a Redis command or subscription may take before it counts as failed.
@@ -220,15 +222,19 @@ impl Mirror {
 pub(crate) struct Cluster {
     node: Arc<str>,
     keys: Keys,
-    client: Client,
     commands: ConnectionManager,
     /// The heartbeat's own connection: never queued behind a burst of
     /// admissions on the command connection.
     beats: ConnectionManager,
-    /// PUBLISH in batches (on the command connection).
+    /// PUBLISH in batches, on a connection of its own.
     publisher: publisher::Publisher,
+    /// Makes the subscriber's and the publisher's connections.
+    connector: Arc<resp::Connector>,
     scripts: Scripts,
     router: Arc<Router>,
+    /// The longest message the subscriber takes from Redis: a frame of the
+    /// gateway's largest message with its header ([`max_payload`]).
+    max_payload: usize,
     metrics: ClusterMetrics,
     policy: DuplicatePolicy,
     when_down: ClusterDown,
@@ -282,6 +288,7 @@ impl Cluster {
     /// starts the subscriber supervisor and the heartbeat.
     pub(crate) async fn start(
         config: &ClusterConfig,
+        max_message_size: usize,
         router: Arc<Router>,
         metrics: &Metrics,
         tracker: &TaskTracker,
@@ -289,6 +296,10 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let info = connection_info(config).map_err(ClusterError::Config)?;
         let addr = info.addr().to_string();
+        // The subscriber's and the publisher's connections, made by hand.
+        let connector = resp::Connector::new(info.clone(), config.tls_ca.as_deref())
+            .map_err(ClusterError::Config)?;
+        let connector = Arc::new(connector);
         let client = match &config.tls_ca {
             None => Client::open(info),
             Some(ca) => {
@@ -345,9 +356,10 @@ impl Cluster {
             .unwrap_or_else(default_node_id)
             .into();
         let cluster = Arc::new(Cluster {
+            max_payload: max_payload(max_message_size),
             keys: Keys::new(&config.prefix),
-            publisher: publisher::Publisher::start(commands.clone(), REDIS_TIMEOUT),
-            client,
+            publisher: publisher::Publisher::start(connector.clone(), REDIS_TIMEOUT),
+            connector,
             commands,
             beats,
             scripts: Scripts::new(),
@@ -463,17 +475,18 @@ impl Cluster {
         }
     }
 
-    /// Runs one Redis call with the time limit, noting whether Redis answered.
+    /// Runs one Redis call with the time limit, noting a lost connection.
+    /// An answer does not say Redis is up again: only the heartbeat does,
+    /// which decides first whether the registry settles (a recovery that
+    /// answered before it, as the subscriber's after a reconnect, would
+    /// admit names in between).
     async fn call<T>(
         &self,
         what: &str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, String> {
         match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-            Ok(Ok(value)) => {
-                self.set_commands_up(true);
-                Ok(value)
-            }
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 // An error Redis answered with (a script's, a type) says
                 // Redis is there; a lost or refused connection says it is
@@ -492,14 +505,34 @@ impl Cluster {
     async fn publish(
         &self,
         channel: &str,
-        header: &Header,
+        header: &Header<'_>,
         body: &str,
         kind: ClusterKind,
     ) -> Result<usize, String> {
-        let payload = header.encode(body);
-        match self.publisher.publish(channel.to_owned(), payload).await {
+        self.publish_payload(channel, header.encode(body), kind)
+            .await
+    }
+
+    /// [`Cluster::publish`] of a payload already encoded.
+    async fn publish_payload(
+        &self,
+        channel: &str,
+        payload: String,
+        kind: ClusterKind,
+    ) -> Result<usize, String> {
+        let answer = self.publisher.publish(channel.to_owned(), payload).await;
+        self.answered(answer, kind)
+    }
+
+    /// Notes Redis's answer to a published message: how many nodes took it
+    /// (up again or not: the heartbeat says, see [`Cluster::call`]).
+    fn answered(&self, answer: Result<usize, Failure>, kind: ClusterKind) -> Result<usize, String> {
+        match answer {
             Ok(count) => {
-                self.set_commands_up(true);
+                // An answer says Redis is there (one load while it was).
+                if !self.commands_up.load(Ordering::Acquire) {
+                    self.set_commands_up(true);
+                }
                 self.metrics.message(Direction::published, kind);
                 Ok(count)
             }
@@ -510,6 +543,12 @@ impl Cluster {
                 Err(why)
             }
         }
+    }
+
+    /// Resolves once every message published (or queued) before was
+    /// answered, and what those answers say was done.
+    pub(crate) async fn fence(&self) {
+        self.publisher.fence().await;
     }
 
     // ------------------------------------------------------------ sessions
@@ -771,7 +810,7 @@ impl Cluster {
             tracing::warn!(client = %name, holder = %node, "cluster: a Qt client took its full name, which another node holds too");
         }
         let mut header = Header::new(&self.node, Kind::Renamed, Some(old));
-        header.t = Some(name.to_string());
+        header.t = Some(name.as_str().into());
         let _ = self
             .publish(&self.keys.all(), &header, "", ClusterKind::presence)
             .await;
@@ -788,9 +827,7 @@ impl Cluster {
         id: Option<&RawValue>,
     ) -> Result<usize, String> {
         self.reachable()?;
-        let mut header = Header::new(&self.node, Kind::Msg, Some(dst));
-        header.s = Some(from.to_owned());
-        header.i = id.map(RawValue::to_owned);
+        let mut header = private_header(&self.node, from, dst, id);
         let reached = self
             .publish(&self.keys.to(dst), &header, frame, ClusterKind::private)
             .await?;
@@ -801,13 +838,40 @@ impl Cluster {
         let latin1 = qt_latin1(dst);
         if latin1 != dst {
             // Only a node's one provisional session of that name takes it.
-            header.n = Some(latin1.to_string());
-            header.t = Some(dst.to_owned());
+            header.n = Some(latin1.clone());
+            header.t = Some(dst.into());
             return self
                 .publish(&self.keys.to(&latin1), &header, frame, ClusterKind::private)
                 .await;
         }
         Ok(0)
+    }
+
+    /// [`Cluster::private`] without waiting: the message is queued for the
+    /// publisher now, and its answer, which says what `private`'s would,
+    /// goes to the function given to [`Queued::then`]. Messages queued (or
+    /// published) one after the other are published and answered in that
+    /// order. `None`: not queued (Redis is known to be unreachable, the
+    /// name needs a second try under its Latin-1 form, or the queue is
+    /// full): use [`Cluster::private`].
+    pub(crate) fn private_queued<'a>(
+        self: &'a Arc<Self>,
+        from: &str,
+        dst: &str,
+        frame: &str,
+        id: Option<&RawValue>,
+    ) -> Option<Queued<'a>> {
+        if self.reachable().is_err() || qt_latin1(dst) != dst {
+            return None;
+        }
+        let slot = self.publisher.slot()?;
+        let header = private_header(&self.node, from, dst, id);
+        Some(Queued {
+            cluster: self,
+            slot,
+            channel: self.keys.to(dst),
+            payload: header.encode(frame),
+        })
     }
 
     /// A room message, already delivered to the members here: published to
@@ -958,7 +1022,7 @@ impl Cluster {
         let Some(on) = self.keys.classify(channel) else {
             return;
         };
-        let ours = header.o == *self.node;
+        let ours = *header.o == *self.node;
         let router = &self.router;
         let received = |kind| self.metrics.message(Direction::received, kind);
         match (on, header.k) {
@@ -984,6 +1048,8 @@ impl Cluster {
                 let mut back = Header::new(&self.node, Kind::Err, Some(&sender));
                 back.i = header.i;
                 let text = format!("{why}: {}", header.t.as_deref().unwrap_or(name));
+                // Encoded here: the header borrows the message.
+                let payload = back.encode(&text);
                 let cluster = self.clone();
                 let to = self.keys.node(&header.o);
                 let name = name.to_owned();
@@ -997,10 +1063,12 @@ impl Cluster {
                         return;
                     }
                     if ours {
-                        cluster.tell_sender(&back, &text);
+                        if let Some((back, text)) = Header::decode(&payload) {
+                            cluster.tell_sender(&back, text);
+                        }
                     } else {
                         let _ = cluster
-                            .publish(&to, &back, &text, ClusterKind::control)
+                            .publish_payload(&to, payload, ClusterKind::control)
                             .await;
                     }
                 });
@@ -1028,7 +1096,7 @@ impl Cluster {
             }
             (keys::Channel::All, Kind::Join) => {
                 received(ClusterKind::presence);
-                let node: Arc<str> = header.o.as_str().into();
+                let node: Arc<str> = (*header.o).into();
                 if let Some(name) = header.n.filter(|_| !ours)
                     && self.mirror.add(&name, &node)
                     && let Ok(name) = ClientName::new(&name)
@@ -1071,7 +1139,7 @@ impl Cluster {
                 if let (Some(old), Some(new)) = (header.n, header.t)
                     && !ours
                 {
-                    let node: Arc<str> = header.o.as_str().into();
+                    let node: Arc<str> = (*header.o).into();
                     self.mirror.remove(&old, &node);
                     self.mirror.add(&new, &node);
                 }
@@ -1086,7 +1154,7 @@ impl Cluster {
         let Some(sender) = header.n.as_deref() else {
             return;
         };
-        let notice = Notice::error(sender, text, header.i.as_deref()).to_json();
+        let notice = Notice::error(sender, text, header.i).to_json();
         self.router.send_to_name(sender, || Message::text(notice));
     }
 
@@ -1249,7 +1317,7 @@ impl Cluster {
             }
             for name in names {
                 let mut header = Header::new(&self.node, Kind::Leave, Some(&name));
-                header.d = Some(node.clone());
+                header.d = Some(node.as_str().into());
                 let _ = self
                     .publish(&self.keys.all(), &header, "", ClusterKind::presence)
                     .await;
@@ -1440,6 +1508,50 @@ impl Cluster {
         channels.extend(self.router.local_rooms().iter().map(|r| self.keys.room(r)));
         channels
     }
+}
+
+/// The longest message published between nodes for a gateway whose
+/// clients send at most `max_message_size` bytes: the frame as delivered
+/// (the gateway's `src` and escaping can add to a client's frame, never
+/// double it) and its header line (names are short). Anything longer on a
+/// subscribed channel was not sent by a node: the subscriber refuses it
+/// before buffering it and reconnects.
+fn max_payload(max_message_size: usize) -> usize {
+    max_message_size.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+/// A private message with room in the publisher's queue
+/// ([`Cluster::private_queued`]), queued once told where its answer goes.
+pub(crate) struct Queued<'a> {
+    cluster: &'a Arc<Cluster>,
+    slot: publisher::Slot<'a>,
+    channel: String,
+    payload: String,
+}
+
+impl Queued<'_> {
+    /// Queues the message; `answered` gets what Redis's answer means (how
+    /// many nodes took it; Err: Redis failed), on the publisher's task.
+    pub(crate) fn then(self, answered: impl FnOnce(Result<usize, String>) + Send + 'static) {
+        let cluster = self.cluster.clone();
+        let reply = publisher::Reply::Call(publisher::Callback::new(move |answer| {
+            answered(cluster.answered(answer, ClusterKind::private));
+        }));
+        self.slot.send(self.channel, self.payload, reply);
+    }
+}
+
+/// The header of a private message from `from` to `dst` (request `id`).
+fn private_header<'a>(
+    node: &'a str,
+    from: &'a str,
+    dst: &'a str,
+    id: Option<&'a RawValue>,
+) -> Header<'a> {
+    let mut header = Header::new(node, Kind::Msg, Some(dst));
+    header.s = Some(from.into());
+    header.i = id;
+    header
 }
 
 /// The outcome of a claim.

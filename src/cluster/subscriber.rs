@@ -4,30 +4,50 @@
 //! 5 s), and subscribes what the router holds *now* (every name, every room
 //! with a member here, and the node's own channels), so a subscription that
 //! failed while Redis was down is not lost either.
+//!
+//! The connection speaks RESP itself ([`super::resp`]): one task reads it,
+//! hands every message in what one read brought straight to
+//! [`Cluster::dispatch`] from the receive buffer, and writes the
+//! (UN)SUBSCRIBE commands other tasks queue, answering each once Redis
+//! confirmed all its channels.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::PubSubSink;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::bytes::{Buf, BytesMut};
 use tokio_util::sync::CancellationToken;
 
+use super::resp::{self, Frame, Item};
 use super::{Cluster, REDIS_TIMEOUT};
 
 /// Channels sent in one SUBSCRIBE when subscribing everything again.
 const BATCH: usize = 512;
+/// Capacity of the receive buffer kept once it is empty.
+const KEEP_INPUT: usize = 1024 * 1024;
 /// First wait before reconnecting, doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait before reconnecting.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The subscriber connection's sending half, while it is connected.
+/// A SUBSCRIBE or UNSUBSCRIBE for the connection's task to write.
+struct Command {
+    bytes: Vec<u8>,
+    /// Confirmations Redis sends for it: one per channel.
+    confirmations: usize,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Where commands for the subscriber connection go, while it is connected.
 #[derive(Default)]
 pub(crate) struct Subscriber {
-    sink: Mutex<Option<PubSubSink>>,
+    commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
     up: AtomicBool,
 }
 
@@ -36,39 +56,52 @@ impl Subscriber {
         self.up.load(Ordering::Acquire)
     }
 
-    fn sink(&self) -> Result<PubSubSink, String> {
-        self.sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| "the Redis subscriber is not connected".to_owned())
+    fn set(&self, commands: Option<mpsc::UnboundedSender<Command>>) {
+        let up = commands.is_some();
+        *self.commands.lock().unwrap_or_else(|p| p.into_inner()) = commands;
+        self.up.store(up, Ordering::Release);
     }
 
-    fn set(&self, sink: Option<PubSubSink>) {
-        let up = sink.is_some();
-        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = sink;
-        self.up.store(up, Ordering::Release);
+    /// Sends `verb` for `channels` and waits for Redis to confirm them all.
+    async fn send(&self, verb: &str, channels: Vec<String>) -> Result<(), String> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        let args = std::iter::once(verb.as_bytes()).chain(channels.iter().map(|c| c.as_bytes()));
+        resp::command(&mut bytes, args.collect::<Vec<_>>().into_iter());
+        let (done, answer) = oneshot::channel();
+        let command = Command {
+            bytes,
+            confirmations: channels.len(),
+            done,
+        };
+        let sent = self
+            .commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.send(command).is_ok());
+        if !sent {
+            return Err("the Redis subscriber is not connected".to_owned());
+        }
+        match tokio::time::timeout(REDIS_TIMEOUT, answer).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("{verb}: {e}")),
+            Ok(Err(_)) => Err(format!("{verb}: the connection was lost")),
+            Err(_) => Err(format!("{verb}: no answer")),
+        }
     }
 
     /// Subscribes `channels`, once Redis confirmed them.
     pub(crate) async fn subscribe(&self, channels: Vec<String>) -> Result<(), String> {
-        let mut sink = self.sink()?;
-        match tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(channels)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("SUBSCRIBE: {e}")),
-            Err(_) => Err("SUBSCRIBE: no answer".into()),
-        }
+        self.send("SUBSCRIBE", channels).await
     }
 
     /// Unsubscribes `channels` (nothing to do while disconnected: the next
     /// connection subscribes only what is wanted then).
     pub(crate) async fn unsubscribe(&self, channels: Vec<String>) -> Result<(), String> {
-        let mut sink = self.sink()?;
-        match tokio::time::timeout(REDIS_TIMEOUT, sink.unsubscribe(channels)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("UNSUBSCRIBE: {e}")),
-            Err(_) => Err("UNSUBSCRIBE: no answer".into()),
-        }
+        self.send("UNSUBSCRIBE", channels).await
     }
 
     /// Subscribes everything the node needs now, in batches; repairs a
@@ -96,14 +129,21 @@ pub(crate) async fn supervise(
     loop {
         let attempt = tokio::select! {
             () = shutdown.cancelled() => break,
-            r = tokio::time::timeout(REDIS_TIMEOUT, cluster.client.get_async_pubsub()) => r,
+            r = tokio::time::timeout(REDIS_TIMEOUT, cluster.connector.connect()) => r,
         };
         match attempt {
-            Ok(Ok(pubsub)) => {
-                let (sink, mut stream) = pubsub.split();
+            Ok(Ok(stream)) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let (ended_tx, mut ended) = oneshot::channel();
+                let driver = tokio::spawn({
+                    let cluster = cluster.clone();
+                    async move {
+                        let _ = ended_tx.send(drive(&cluster, stream, rx).await);
+                    }
+                });
                 // In place first, so that a name admitted meanwhile subscribes
                 // on this connection; then everything held now.
-                cluster.pubsub.set(Some(sink));
+                cluster.pubsub.set(Some(tx));
                 cluster.pubsub.reconcile(&cluster).await;
                 cluster.metrics.reconnects.inc();
                 cluster.health_changed();
@@ -115,18 +155,15 @@ pub(crate) async fn supervise(
                 first = false;
                 backoff = MIN_BACKOFF;
                 warned = false;
-                loop {
-                    let message = tokio::select! {
-                        () = shutdown.cancelled() => {
-                            cluster.pubsub.set(None);
-                            return;
-                        }
-                        m = stream.next() => m,
-                    };
-                    let Some(message) = message else { break };
-                    let channel = message.get_channel_name();
-                    cluster.dispatch(channel, message.get_payload_bytes());
-                }
+                let why = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        driver.abort();
+                        cluster.pubsub.set(None);
+                        return;
+                    }
+                    why = &mut ended => why.unwrap_or_else(|_| "the connection's task ended".into()),
+                };
+                tracing::debug!(node = %cluster.node, %why, "cluster: subscriber connection ended");
                 cluster.pubsub.set(None);
                 cluster.health_changed();
                 tracing::warn!(node = %cluster.node, "cluster: lost the Redis subscriber connection; messages from other nodes are lost until it is back (reconnecting)");
@@ -151,4 +188,125 @@ pub(crate) async fn supervise(
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     cluster.pubsub.set(None);
+}
+
+/// A subscriber confirmation still to come, and who waits for it.
+struct Waiting {
+    confirmations: usize,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Runs one subscriber connection: writes the commands from `commands`,
+/// dispatches every message read, answers commands when confirmed. Returns
+/// why it ended.
+async fn drive(
+    cluster: &Arc<Cluster>,
+    mut stream: Pin<Box<dyn resp::Stream>>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) -> String {
+    let mut input = BytesMut::with_capacity(64 * 1024);
+    let mut output: Vec<u8> = Vec::new();
+    let mut written = 0;
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    poll_fn(|cx| {
+        loop {
+            while let Poll::Ready(command) = commands.poll_recv(cx) {
+                let Some(command) = command else {
+                    return Poll::Ready("the subscriber was dropped".to_owned());
+                };
+                output.extend_from_slice(&command.bytes);
+                waiting.push_back(Waiting {
+                    confirmations: command.confirmations,
+                    done: command.done,
+                });
+            }
+            while written < output.len() {
+                match stream.as_mut().poll_write(cx, &output[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready("write: connection closed".into()),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(format!("write: {e}")),
+                    Poll::Pending => break,
+                }
+            }
+            if written > 0 && written == output.len() {
+                // Written, but TLS may hold some of it until a flush.
+                match stream.as_mut().poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        output.clear();
+                        written = 0;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(format!("write: {e}")),
+                    // Flushed again on the next wake-up.
+                    Poll::Pending => {}
+                }
+            }
+            if input.capacity() - input.len() < 16 * 1024 {
+                input.reserve(64 * 1024);
+            }
+            match tokio_util::io::poll_read_buf(stream.as_mut(), cx, &mut input) {
+                Poll::Ready(Ok(0)) => return Poll::Ready("connection closed".into()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(format!("read: {e}")),
+                Poll::Pending => return Poll::Pending,
+            }
+            if let Err(why) = take_frames(cluster, &mut input, &mut waiting) {
+                return Poll::Ready(why);
+            }
+        }
+    })
+    .await
+}
+
+/// Handles every whole frame at the start of `input` and drops it.
+fn take_frames(
+    cluster: &Arc<Cluster>,
+    input: &mut BytesMut,
+    waiting: &mut VecDeque<Waiting>,
+) -> Result<(), String> {
+    let mut at = 0;
+    let result = loop {
+        let (frame, used) = match resp::parse(&input[at..], cluster.max_payload) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(format!("protocol: {e}")),
+        };
+        at += used;
+        match frame {
+            Frame::Array(
+                [
+                    Item::Bulk(Some(b"message")),
+                    Item::Bulk(Some(channel)),
+                    Item::Bulk(Some(payload)),
+                ],
+                3,
+            ) => match std::str::from_utf8(channel) {
+                Ok(channel) => cluster.dispatch(channel, payload),
+                Err(_) => {
+                    tracing::warn!("cluster: a message on a channel that is not UTF-8; ignored")
+                }
+            },
+            Frame::Array([Item::Bulk(Some(b"subscribe" | b"unsubscribe")), _, _], 3) => {
+                if let Some(front) = waiting.front_mut() {
+                    front.confirmations = front.confirmations.saturating_sub(1);
+                    if front.confirmations == 0
+                        && let Some(done) = waiting.pop_front()
+                    {
+                        let _ = done.done.send(Ok(()));
+                    }
+                }
+            }
+            Frame::Item(Item::Error(e)) => {
+                if let Some(done) = waiting.pop_front() {
+                    let _ = done.done.send(Err(String::from_utf8_lossy(e).into_owned()));
+                }
+            }
+            other => break Err(format!("unexpected {other:?}")),
+        }
+    };
+    input.advance(at);
+    if input.is_empty() && input.capacity() > KEEP_INPUT {
+        // A large message grew the buffer for itself only.
+        *input = BytesMut::with_capacity(64 * 1024);
+    }
+    result
 }

@@ -189,6 +189,39 @@ impl Redis {
             .expect("CLIENT KILL")
     }
 
+    /// Closes every connection whose last command was `command` (as
+    /// `CLIENT LIST` shows it, e.g. `publish`: the nodes' publishers, not
+    /// their other connections); how many.
+    pub async fn kill_clients_last_running(&self, command: &str) -> usize {
+        let mut conn = self.connection().await;
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT LIST");
+        let field = |line: &str, key: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(key))
+                .map(str::to_owned)
+        };
+        let mut killed = 0;
+        for line in clients.lines() {
+            if field(line, "cmd=").as_deref() != Some(command) {
+                continue;
+            }
+            let id = field(line, "id=").expect("CLIENT LIST has ids");
+            let n: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(&id)
+                .query_async(&mut conn)
+                .await
+                .expect("CLIENT KILL ID");
+            killed += usize::try_from(n).unwrap_or(0);
+        }
+        killed
+    }
+
     /// Subscribers of `channel` (`PUBSUB NUMSUB`).
     pub async fn subscribers(&self, channel: &str) -> i64 {
         let mut conn = self.connection().await;
