@@ -327,13 +327,21 @@ impl Cluster {
                     ConnectionManager::new_with_config(client, manager_config.clone()),
                 )
             };
-            match (manager(client.clone()).await, manager(client.clone()).await) {
-                (Ok(Ok(commands)), Ok(Ok(beats))) => Ok((commands, beats)),
-                (Ok(Err(e)), _) | (_, Ok(Err(e))) => Err(e.to_string()),
-                _ => Err("no answer".to_owned()),
+            let (commands, beats) =
+                match (manager(client.clone()).await, manager(client.clone()).await) {
+                    (Ok(Ok(commands)), Ok(Ok(beats))) => (commands, beats),
+                    (Ok(Err(e)), _) | (_, Ok(Err(e))) => return Err(e.to_string()),
+                    _ => return Err("no answer".to_owned()),
+                };
+            // The publisher's own connection too: what only it would meet
+            // (a TLS or AUTH detail) shows now, not at the first message.
+            match tokio::time::timeout(REDIS_TIMEOUT * 2, connector.connect()).await {
+                Ok(Ok(publishing)) => Ok((commands, beats, publishing)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("no answer".to_owned()),
             }
         };
-        let (commands, beats) = loop {
+        let (commands, beats, publishing) = loop {
             let reason = match connect().await {
                 Ok(managers) => break managers,
                 Err(reason) => reason,
@@ -358,7 +366,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             max_payload: max_payload(max_message_size),
             keys: Keys::new(&config.prefix),
-            publisher: publisher::Publisher::start(connector.clone(), REDIS_TIMEOUT),
+            publisher: publisher::Publisher::start(connector.clone(), publishing, REDIS_TIMEOUT),
             connector,
             commands,
             beats,

@@ -119,13 +119,17 @@ impl Slot<'_> {
 }
 
 impl Publisher {
-    /// A publisher on connections from `connector`, with `timeout` for each
-    /// batch's answer.
-    pub(crate) fn start(connector: Arc<Connector>, timeout: Duration) -> Publisher {
+    /// A publisher on `first`, then on connections from `connector`, with
+    /// `timeout` for each batch's answer.
+    pub(crate) fn start(
+        connector: Arc<Connector>,
+        first: Pin<Box<dyn resp::Stream>>,
+        timeout: Duration,
+    ) -> Publisher {
         let (tx, rx) = mpsc::channel(QUEUE);
         // Not on the gateway's task tracker: sessions closing at shutdown
         // still publish their leave, and the task ends with the last sender.
-        tokio::spawn(run(connector, rx, timeout));
+        tokio::spawn(run(connector, first, rx, timeout));
         Publisher { tx }
     }
 
@@ -163,9 +167,14 @@ fn stopped() -> Failure {
     ("the publisher stopped".into(), true)
 }
 
-async fn run(connector: Arc<Connector>, mut rx: mpsc::Receiver<Request>, timeout: Duration) {
+async fn run(
+    connector: Arc<Connector>,
+    first: Pin<Box<dyn resp::Stream>>,
+    mut rx: mpsc::Receiver<Request>,
+    timeout: Duration,
+) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut conn: Option<Pin<Box<dyn resp::Stream>>> = None;
+    let mut conn = Some(first);
     let mut output = Vec::new();
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut answers: Vec<Result<usize, Failure>> = Vec::with_capacity(BATCH);

@@ -163,10 +163,9 @@ pub(crate) async fn supervise(
                     }
                     why = &mut ended => why.unwrap_or_else(|_| "the connection's task ended".into()),
                 };
-                tracing::debug!(node = %cluster.node, %why, "cluster: subscriber connection ended");
                 cluster.pubsub.set(None);
                 cluster.health_changed();
-                tracing::warn!(node = %cluster.node, "cluster: lost the Redis subscriber connection; messages from other nodes are lost until it is back (reconnecting)");
+                tracing::warn!(node = %cluster.node, reason = %why, "cluster: lost the Redis subscriber connection; messages from other nodes are lost until it is back (reconnecting)");
             }
             Ok(Err(e)) => {
                 if !warned {
