@@ -10,6 +10,8 @@ mod redis_server;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -490,6 +492,141 @@ async fn only_the_pubsub_connections_dropped() {
     assert_eq!(got["msg"], "after the cut");
     send_json(&mut bob, &json!({"dst": "#r", "msg": "room after the cut"})).await;
     assert_eq!(recv_json(&mut alice).await["msg"], "room after the cut");
+    n1.stop().await;
+    n2.stop().await;
+}
+
+/// A TCP proxy in front of Redis's Unix socket that can cut the PUB/SUB
+/// connections it carries (those that sent SUBSCRIBE) the way a NAT or a
+/// proxy that forgot them does: they stay open and carry nothing either
+/// way, no FIN, no reset. Connections made after the cut pass.
+struct Blackhole {
+    addr: SocketAddr,
+    /// Connections numbered below this are cut (if they subscribed).
+    cut_below: Arc<AtomicU64>,
+    next: Arc<AtomicU64>,
+}
+
+impl Blackhole {
+    async fn start(socket: std::path::PathBuf) -> Blackhole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut_below = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let (cut, counter) = (cut_below.clone(), next.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = counter.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::UnixStream::connect(&socket).await else {
+                    continue;
+                };
+                let subscribed = Arc::new(AtomicBool::new(false));
+                let cut = cut.clone();
+                let is_cut = {
+                    let subscribed = subscribed.clone();
+                    move || subscribed.load(Ordering::SeqCst) && id < cut.load(Ordering::SeqCst)
+                };
+                let (from_client, to_client) = client.into_split();
+                let (from_server, to_server) = server.into_split();
+                tokio::spawn(pipe(
+                    from_client,
+                    to_server,
+                    is_cut.clone(),
+                    Some(subscribed),
+                ));
+                tokio::spawn(pipe(from_server, to_client, is_cut, None));
+            }
+        });
+        Blackhole {
+            addr,
+            cut_below,
+            next,
+        }
+    }
+
+    /// Cuts every PUB/SUB connection made so far.
+    fn cut_subscribers(&self) {
+        self.cut_below
+            .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either ends; once `is_cut`, holds both open
+/// and copies nothing more. `subscribed` is set when SUBSCRIBE goes by.
+async fn pipe(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    is_cut: impl Fn() -> bool,
+    subscribed: Option<Arc<AtomicBool>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some(flag) = &subscribed
+            && buf[..n].windows(9).any(|w| w == b"SUBSCRIBE")
+        {
+            flag.store(true, Ordering::SeqCst);
+        }
+        if is_cut() {
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_connection_cut_on_the_way_is_found_out_and_made_again() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let hole = Blackhole::start(redis.socket()).await;
+    let n1 = node(&redis, "n1", "", "").await;
+    let through_hole = node_config(&redis, "n2", "", "").replace(
+        &format!("{:?}", redis.url()),
+        &format!("\"redis://{}/0\"", hole.addr),
+    );
+    assert!(through_hole.contains("redis://127.0.0.1"), "{through_hole}");
+    let n2 = start_config(&through_hole).await;
+    let mut alice = connect(&n1, "alice").await;
+    let mut bob = connect(&n2, "bob").await;
+    assert_eq!(
+        private(&mut alice, &mut bob, "bob", "before").await["msg"],
+        "before"
+    );
+    // n2's subscribed connection now carries nothing, and nothing tells n2
+    // so: no FIN, no reset. Redis still counts it as bob's subscriber, so
+    // alice is told nothing either. n2 finds out by its PING (after a quiet
+    // heartbeat, 200 ms here, then 2 s without an answer), connects again
+    // and subscribes bob's channel again: bob is reached again.
+    hole.cut_subscribers();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut sent = 0;
+    loop {
+        sent += 1;
+        send_json(&mut alice, &json!({"dst": "bob", "msg": sent})).await;
+        if tokio::time::timeout(Duration::from_millis(300), recv_json(&mut bob))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob not reached again after {sent} messages"
+        );
+    }
+    assert_eq!(
+        private(&mut alice, &mut bob, "bob", "after").await["msg"],
+        "after"
+    );
     n1.stop().await;
     n2.stop().await;
 }

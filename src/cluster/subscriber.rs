@@ -21,6 +21,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::bytes::{Buf, BytesMut};
 use tokio_util::sync::CancellationToken;
 
@@ -195,9 +196,24 @@ struct Waiting {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// What the subscriber sends when its connection was quiet for a
+/// heartbeat interval: Redis answers a PING on a subscribed connection with
+/// `pong`.
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
 /// Runs one subscriber connection: writes the commands from `commands`,
 /// dispatches every message read, answers commands when confirmed. Returns
 /// why it ended.
+///
+/// A subscribed connection that is cut somewhere on the way without a FIN
+/// or a reset (a proxy or a NAT that forgot it, a host that vanished)
+/// would otherwise look alive forever while Redis's messages for this node
+/// go nowhere and their senders are told they were delivered. So the
+/// connection proves itself: after a heartbeat interval (`[cluster]
+/// heartbeat`) with nothing read, it sends a PING; if nothing comes within
+/// [`REDIS_TIMEOUT`] after that, the connection is given up and the
+/// supervisor makes a new one and subscribes everything again. Under
+/// traffic the messages themselves are the proof, and no PING is sent.
 async fn drive(
     cluster: &Arc<Cluster>,
     mut stream: Pin<Box<dyn resp::Stream>>,
@@ -207,8 +223,38 @@ async fn drive(
     let mut output: Vec<u8> = Vec::new();
     let mut written = 0;
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let quiet = cluster.heartbeat;
+    // When something was last read; the probe's timer is moved lazily, when
+    // it fires, not at every read.
+    let mut last_read = Instant::now();
+    let mut probe = Box::pin(tokio::time::sleep(quiet));
+    let mut pinged: Option<Instant> = None;
     poll_fn(|cx| {
         loop {
+            if probe.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                if pinged.is_some_and(|at| last_read >= at) {
+                    // Something came after the PING: alive.
+                    pinged = None;
+                }
+                match pinged {
+                    None if now.duration_since(last_read) < quiet => {
+                        probe.as_mut().reset(last_read + quiet);
+                    }
+                    Some(at) if now.duration_since(at) >= REDIS_TIMEOUT => {
+                        return Poll::Ready(format!(
+                            "no answer to PING within {REDIS_TIMEOUT:?} (the connection is gone on the way)"
+                        ));
+                    }
+                    Some(at) => probe.as_mut().reset(at + REDIS_TIMEOUT),
+                    None => {
+                        output.extend_from_slice(PING);
+                        pinged = Some(now);
+                        probe.as_mut().reset(now + REDIS_TIMEOUT);
+                    }
+                }
+                continue;
+            }
             while let Poll::Ready(command) = commands.poll_recv(cx) {
                 let Some(command) = command else {
                     return Poll::Ready("the subscriber was dropped".to_owned());
@@ -244,7 +290,7 @@ async fn drive(
             }
             match tokio_util::io::poll_read_buf(stream.as_mut(), cx, &mut input) {
                 Poll::Ready(Ok(0)) => return Poll::Ready("connection closed".into()),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => last_read = Instant::now(),
                 Poll::Ready(Err(e)) => return Poll::Ready(format!("read: {e}")),
                 Poll::Pending => return Poll::Pending,
             }
@@ -294,6 +340,8 @@ fn take_frames(
                     }
                 }
             }
+            // The answer to the liveness PING: reading it was the point.
+            Frame::Array([Item::Bulk(Some(b"pong")), _, _], 2) => {}
             Frame::Item(Item::Error(e)) => {
                 if let Some(done) = waiting.pop_front() {
                     let _ = done.done.send(Err(String::from_utf8_lossy(e).into_owned()));
