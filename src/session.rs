@@ -730,9 +730,7 @@ fn text_frame<'a>(
             fenced_text_frame(router, handle, counters, routes, permissions, cluster, text).await;
         }));
     }
-    // A provisional Qt name may become its full name with this frame.
-    let provisional = (cluster.is_some() && handle.is_provisional()).then(|| handle.name());
-    let remote = on_text(
+    let (provisional, remote) = here(
         router,
         handle,
         counters,
@@ -815,8 +813,7 @@ async fn fenced_text_frame(
     cluster: &Arc<Cluster>,
     text: Utf8Bytes,
 ) {
-    let provisional = handle.is_provisional().then(|| handle.name());
-    let remote = on_text(
+    let (provisional, remote) = here(
         router,
         handle,
         counters,
@@ -827,6 +824,34 @@ async fn fenced_text_frame(
         &text,
     );
     for_other_nodes(cluster, router, handle, counters, remote, provisional).await;
+}
+
+/// [`on_text`], and with a cluster the session's provisional name before
+/// the frame (a Qt client may take its full name with it, which the other
+/// nodes are told).
+#[allow(clippy::too_many_arguments)]
+fn here(
+    router: &Router,
+    handle: &Arc<SessionHandle>,
+    counters: &Counters,
+    routes: &mut RouteCache,
+    permissions: Option<&Permissions>,
+    cluster: Option<&Cluster>,
+    request: Request<'_>,
+    text: &Utf8Bytes,
+) -> (Option<ClientName>, Option<Remote>) {
+    let provisional = (cluster.is_some() && handle.is_provisional()).then(|| handle.name());
+    let remote = on_text(
+        router,
+        handle,
+        counters,
+        routes,
+        permissions,
+        cluster,
+        request,
+        text,
+    );
+    (provisional, remote)
 }
 
 /// The other nodes' part of a text frame: a rename it made (a provisional
