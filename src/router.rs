@@ -472,6 +472,22 @@ impl Router {
         self.deliver_all(state.lookup(dst).iter(), frame)
     }
 
+    /// Delivers to the session here named `name` whose id is `session`;
+    /// nobody if it is gone (a reply about what that session sent).
+    pub fn send_to_session(
+        &self,
+        name: &str,
+        session: u64,
+        frame: impl FnOnce() -> Message,
+    ) -> Delivery {
+        let state = self.read();
+        let target = state
+            .names
+            .get(name)
+            .and_then(|sessions| sessions.iter().find(|s| s.id == session));
+        self.deliver_all(target.into_iter(), frame)
+    }
+
     /// [`Router::send_to_name`] through the sender's [`RouteCache`]: no lock
     /// when `dst` is remembered and nothing changed since.
     pub fn send_to_name_cached(

@@ -749,7 +749,7 @@ fn text_frame<'a>(
             id,
         }) if provisional.is_none() => {
             let text = frame.to_text().unwrap_or_default();
-            match cluster.private_queued(from.as_str(), &dst, text, id.as_deref()) {
+            match cluster.private_queued((from.as_str(), handle.id()), &dst, text, id.as_deref()) {
                 Some(queued) => {
                     // Counted before its answer can come.
                     let unanswered = handle.published();
@@ -895,7 +895,7 @@ async fn remote_step(
         } => {
             let text = frame.to_text().unwrap_or_default();
             let reached = cluster
-                .private(from.as_str(), &dst, text, id.as_deref())
+                .private((from.as_str(), handle.id()), &dst, text, id.as_deref())
                 .await;
             private_answered(
                 router,

@@ -150,6 +150,44 @@ async fn a_burst_across_nodes_keeps_its_order_and_a_list_stays_a_barrier() {
 }
 
 #[tokio::test]
+async fn an_error_from_another_node_reaches_only_the_session_it_is_about() {
+    let Some((redis, n1, n2)) = two_nodes("").await else {
+        return;
+    };
+    let mut alice = connect(&n1, "alice").await;
+    let mut conn = redis.connection().await;
+    // What n2 publishes back when a message from alice found nobody: the
+    // first about a message an earlier session named alice sent (its
+    // session id is not this one's, so this alice sent nothing it is
+    // about), the second without a session id (as from a node that does
+    // not send one), which goes by the name.
+    for (i, id) in [("earlier", ",\"id\":18446744073709551615"), ("by-name", "")] {
+        let payload = format!(
+            "{{\"o\":\"n2\",\"k\":\"err\",\"n\":\"alice\",\"i\":\"{i}\"{id}}}\n\
+             recipient not connected: bob"
+        );
+        let taken: i64 = ::redis::cmd("PUBLISH")
+            .arg("wsg:node:n1")
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(taken, 1, "n1 listens on its node channel");
+    }
+    let error = recv_json(&mut alice).await;
+    assert_eq!(
+        (&error["type"], &error["ref"], &error["msg"]),
+        (
+            &json!("error"),
+            &json!("by-name"),
+            &json!("recipient not connected: bob")
+        ),
+        "{error}"
+    );
+    tokio::join!(n1.stop(), n2.stop());
+}
+
+#[tokio::test]
 async fn a_publishers_connection_closed_while_idle_costs_no_message() {
     let Some((redis, n1, n2)) = two_nodes("").await else {
         return;

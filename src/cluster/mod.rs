@@ -825,17 +825,18 @@ impl Cluster {
         self.forget(old).await;
     }
 
-    /// A private message for `dst`, held on no session here: published to
-    /// the node(s) holding it. Ok(0): nobody holds it; Err: Redis failed.
+    /// A private message for `dst` from session `session` named `from`,
+    /// held on no session here: published to the node(s) holding it.
+    /// Ok(0): nobody holds it; Err: Redis failed.
     pub(crate) async fn private(
         &self,
-        from: &str,
+        (from, session): (&str, u64),
         dst: &str,
         frame: &str,
         id: Option<&RawValue>,
     ) -> Result<usize, String> {
         self.reachable()?;
-        let mut header = private_header(&self.node, from, dst, id);
+        let mut header = private_header(&self.node, (from, session), dst, id);
         let reached = self
             .publish(&self.keys.to(dst), &header, frame, ClusterKind::private)
             .await?;
@@ -864,7 +865,7 @@ impl Cluster {
     /// full): use [`Cluster::private`].
     pub(crate) fn private_queued<'a>(
         self: &'a Arc<Self>,
-        from: &str,
+        from: (&str, u64),
         dst: &str,
         frame: &str,
         id: Option<&RawValue>,
@@ -1055,6 +1056,7 @@ impl Cluster {
                 let Some(sender) = header.s else { return };
                 let mut back = Header::new(&self.node, Kind::Err, Some(&sender));
                 back.i = header.i;
+                back.id = header.id;
                 let text = format!("{why}: {}", header.t.as_deref().unwrap_or(name));
                 // Encoded here: the header borrows the message.
                 let payload = back.encode(&text);
@@ -1162,8 +1164,13 @@ impl Cluster {
         let Some(sender) = header.n.as_deref() else {
             return;
         };
-        let notice = Notice::error(sender, text, header.i).to_json();
-        self.router.send_to_name(sender, || Message::text(notice));
+        let notice = || Message::text(Notice::error(sender, text, header.i).to_json());
+        match header.id {
+            // The session that sent it, if it is still here: a later
+            // session of the same name sent nothing this is about.
+            Some(session) => self.router.send_to_session(sender, session, notice),
+            None => self.router.send_to_name(sender, notice),
+        };
     }
 
     // ------------------------------------------------------------ upkeep
@@ -1549,16 +1556,20 @@ impl Queued<'_> {
     }
 }
 
-/// The header of a private message from `from` to `dst` (request `id`).
+/// The header of a private message from session `session` named `from`
+/// to `dst` (request `id`). The session's id comes back with an error
+/// about it, so that the error reaches that session, not a later one of
+/// the same name.
 fn private_header<'a>(
     node: &'a str,
-    from: &'a str,
+    (from, session): (&'a str, u64),
     dst: &'a str,
     id: Option<&'a RawValue>,
 ) -> Header<'a> {
     let mut header = Header::new(node, Kind::Msg, Some(dst));
     header.s = Some(from.into());
     header.i = id;
+    header.id = Some(session);
     header
 }
 
