@@ -188,6 +188,54 @@ async fn an_error_from_another_node_reaches_only_the_session_it_is_about() {
 }
 
 #[tokio::test]
+async fn a_bundle_delivers_its_messages_in_order_and_a_broken_one_nothing() {
+    let Some((redis, n1, n2)) = two_nodes("").await else {
+        return;
+    };
+    let mut bob = connect(&n2, "bob").await;
+    let mut alice = connect(&n1, "alice").await;
+    // Bundles as a node publishes them for messages queued one after the
+    // other for one channel: `#`, the envelopes' lengths, a newline, the
+    // envelopes back to back. The second's lengths do not add up (one byte
+    // short): n2 ignores all of it and stays up.
+    let envelope = |i: usize| {
+        format!(
+            "{{\"o\":\"n1\",\"k\":\"msg\",\"n\":\"bob\",\"s\":\"alice\"}}\n\
+             {{\"src\":\"alice\",\"dst\":\"bob\",\"msg\":{i}}}"
+        )
+    };
+    let bundle = |envelopes: &[String], short: usize| {
+        let lengths: Vec<String> = envelopes.iter().map(|e| e.len().to_string()).collect();
+        let mut payload = format!("#{}\n{}", lengths.join(","), envelopes.concat());
+        payload.truncate(payload.len() - short);
+        payload
+    };
+    let mut conn = redis.connection().await;
+    for payload in [
+        bundle(&[envelope(1), envelope(2), envelope(3)], 0),
+        bundle(&[envelope(4), envelope(5)], 1),
+    ] {
+        let taken: i64 = ::redis::cmd("PUBLISH")
+            .arg("wsg:to:bob")
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(taken, 1, "n2 listens on bob's channel");
+    }
+    for i in 1..=3 {
+        let got = recv_json(&mut bob).await;
+        assert_eq!((&got["src"], &got["msg"]), (&json!("alice"), &json!(i)));
+    }
+    // Nothing of the broken bundle: bob's next frame is alice's next message.
+    assert_eq!(
+        private(&mut alice, &mut bob, "bob", "after").await["msg"],
+        "after"
+    );
+    tokio::join!(n1.stop(), n2.stop());
+}
+
+#[tokio::test]
 async fn a_publishers_connection_closed_while_idle_costs_no_message() {
     let Some((redis, n1, n2)) = two_nodes("").await else {
         return;

@@ -225,9 +225,112 @@ fn plain_string<'a>(rest: &mut &'a str) -> Option<&'a str> {
     Some(value)
 }
 
+/// The first byte of a bundle: several envelopes for one channel in one
+/// PUBLISH (an envelope's header starts with `{`). The publisher bundles
+/// messages queued one after the other for the same channel (a client
+/// writing several messages to one peer at once): Redis then handles one
+/// command, and the other node reads one message, for all of them.
+pub(crate) const BUNDLE: u8 = b'#';
+
+/// Appends a bundle's first line for envelopes of `lengths` bytes:
+/// `#`, the lengths in decimal separated by commas, a newline. The
+/// envelopes follow it back to back.
+pub(crate) fn bundle_line(out: &mut Vec<u8>, lengths: impl Iterator<Item = usize>) {
+    out.push(BUNDLE);
+    for (n, length) in lengths.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(length.to_string().as_bytes());
+    }
+    out.push(b'\n');
+}
+
+/// The envelopes of `payload` in order: itself if it is not a bundle, a
+/// bundle's envelopes if it is a well-formed one, `None` if it is a bundle
+/// whose lengths do not add up to what follows them.
+pub(crate) fn unbundle(payload: &[u8]) -> Option<Envelopes<'_>> {
+    if payload.first() != Some(&BUNDLE) {
+        return Some(Envelopes {
+            lengths: None,
+            rest: payload,
+            lone: true,
+        });
+    }
+    let end = payload.iter().position(|&b| b == b'\n')?;
+    let lengths = std::str::from_utf8(&payload[1..end]).ok()?;
+    let rest = &payload[end + 1..];
+    let mut total = 0usize;
+    for length in lengths.split(',') {
+        total = total.checked_add(length.parse::<usize>().ok()?)?;
+    }
+    (total == rest.len()).then_some(Envelopes {
+        lengths: Some(lengths.split(',')),
+        rest,
+        lone: false,
+    })
+}
+
+/// The envelopes of one published payload, see [`unbundle`].
+pub(crate) struct Envelopes<'a> {
+    /// A bundle's lengths still to take; `None` for a lone envelope.
+    lengths: Option<std::str::Split<'a, char>>,
+    rest: &'a [u8],
+    /// A lone envelope not taken yet.
+    lone: bool,
+}
+
+impl<'a> Iterator for Envelopes<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let Some(lengths) = self.lengths.as_mut() else {
+            return std::mem::take(&mut self.lone).then_some(self.rest);
+        };
+        // Checked by unbundle: every length parses and they add up.
+        let length = lengths.next()?.parse::<usize>().ok()?;
+        let (envelope, rest) = self.rest.split_at_checked(length)?;
+        self.rest = rest;
+        Some(envelope)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_gives_back_its_envelopes_and_a_bad_one_nothing() {
+        let envelopes = ["{\"o\":\"n1\",\"k\":\"msg\"}\nfirst", "", "{}\n#,\n\u{e9}"];
+        let mut payload = Vec::new();
+        bundle_line(&mut payload, envelopes.iter().map(|e| e.len()));
+        for envelope in envelopes {
+            payload.extend_from_slice(envelope.as_bytes());
+        }
+        let back: Vec<&[u8]> = unbundle(&payload).unwrap().collect();
+        let expected: Vec<&[u8]> = envelopes.iter().map(|e| e.as_bytes()).collect();
+        assert_eq!(back, expected);
+        // A lone envelope is itself, once, even empty.
+        let lone: Vec<&[u8]> = unbundle(b"{}\nx").unwrap().collect();
+        assert_eq!(lone, [&b"{}\nx"[..]]);
+        assert_eq!(unbundle(b"").unwrap().count(), 1);
+        // Lengths that do not add up, or are not numbers: nothing.
+        for bad in [
+            &b"#3,4\nabcdef"[..],
+            b"#3,4\nabcdefgh",
+            b"#\n",
+            b"#x\nabc",
+            b"#3",
+            b"#-1\n",
+        ] {
+            assert!(
+                unbundle(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(unbundle(b"#18446744073709551615,1\nx").is_none());
+    }
 
     #[test]
     fn a_frame_travels_unescaped_and_comes_back_whole() {

@@ -1020,9 +1020,21 @@ impl Cluster {
 
     // ------------------------------------------------------------ inbound
 
-    /// Acts on one message from Redis. Never waits: deliveries go into
-    /// sessions' queues, and the rare publish back runs as its own task.
+    /// Acts on one message from Redis: each envelope of a bundle in order,
+    /// or the lone envelope it is.
     fn dispatch(self: &Arc<Self>, channel: &str, payload: &[u8]) {
+        let Some(envelopes) = envelope::unbundle(payload) else {
+            tracing::warn!(%channel, "cluster: a bundle whose lengths do not add up; ignored");
+            return;
+        };
+        for envelope in envelopes {
+            self.dispatch_one(channel, envelope);
+        }
+    }
+
+    /// Acts on one envelope from Redis. Never waits: deliveries go into
+    /// sessions' queues, and the rare publish back runs as its own task.
+    fn dispatch_one(self: &Arc<Self>, channel: &str, payload: &[u8]) {
         let Some((header, body)) = std::str::from_utf8(payload).ok().and_then(Header::decode)
         else {
             tracing::warn!(%channel, "cluster: a message no node of this version wrote; ignored");

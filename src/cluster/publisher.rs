@@ -26,12 +26,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::bytes::{Buf, BytesMut};
 
+use super::envelope;
 use super::resp::{self, Connector, Frame, Item};
 
 /// Messages waiting for a batch before a publisher waits for room.
 const QUEUE: usize = 16 * 1024;
 /// Messages in one pipeline at most.
 const BATCH: usize = 512;
+/// A bundle's bounds: messages queued one after the other for the same
+/// channel share one PUBLISH up to this many bytes of envelopes (a
+/// subscriber takes twice the message size limit and 64 KiB) ...
+const BUNDLE_BYTES: usize = 64 * 1024;
+/// ... and this many messages.
+const BUNDLE_MESSAGES: usize = 64;
 /// The longest bulk string an answer to PUBLISH may hold (it holds none:
 /// the answer is an integer).
 const ANSWER_BULK: usize = 0;
@@ -178,6 +185,7 @@ async fn run(
     let mut output = Vec::new();
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut answers: Vec<Result<usize, Failure>> = Vec::with_capacity(BATCH);
+    let mut lasts = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // The first message woke this task ahead of the other tasks ready
         // now (sessions with frames read in the same turn): let them queue
@@ -188,12 +196,7 @@ async fn run(
         output.clear();
         output.shrink_to(KEEP_OUTPUT);
         answers.clear();
-        let mut expected = 0;
-        for (channel, payload) in batch.iter().filter_map(|r| r.message.as_ref()) {
-            let args = [&b"PUBLISH"[..], channel.as_bytes(), payload.as_bytes()];
-            resp::command(&mut output, args.into_iter());
-            expected += 1;
-        }
+        let expected = encode(&batch, &mut output, &mut lasts);
         let outcome = if expected == 0 {
             Ok(())
         } else {
@@ -218,15 +221,75 @@ async fn run(
             conn = None;
             answers.resize(expected, Err(failure));
         }
+        // Every message of a bundle takes its PUBLISH's answer.
         let mut answers = answers.drain(..);
-        for request in batch.drain(..) {
-            let answer = match request.message {
-                Some(_) => answers.next().unwrap_or_else(|| Err(stopped())),
-                None => Ok(0),
-            };
-            request.reply.send(answer);
+        let mut answer = None;
+        for (request, &last) in batch.drain(..).zip(&lasts) {
+            if request.message.is_none() {
+                request.reply.send(Ok(0));
+                continue;
+            }
+            let this = answer
+                .get_or_insert_with(|| answers.next().unwrap_or_else(|| Err(stopped())))
+                .clone();
+            request.reply.send(this);
+            if last {
+                answer = None;
+            }
         }
     }
+}
+
+/// Writes the PUBLISH commands of `batch` into `output`: how many. Messages
+/// queued one after the other for the same channel (a client writing
+/// several messages to one peer at once) share one PUBLISH as a bundle
+/// (see `envelope::BUNDLE`), within [`BUNDLE_BYTES`] and
+/// [`BUNDLE_MESSAGES`]: Redis handles one command, and the other node reads
+/// one message, for all of them. `lasts` gets, per request, whether it is
+/// the last of its PUBLISH (true for a fence).
+fn encode(batch: &[Request], output: &mut Vec<u8>, lasts: &mut Vec<bool>) -> usize {
+    lasts.clear();
+    let mut commands = 0;
+    let mut line = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        let Some((channel, payload)) = &batch[i].message else {
+            lasts.push(true);
+            i += 1;
+            continue;
+        };
+        let mut end = i + 1;
+        let mut bytes = payload.len();
+        while end < batch.len() && end - i < BUNDLE_MESSAGES {
+            match &batch[end].message {
+                Some((next, more)) if next == channel && bytes + more.len() <= BUNDLE_BYTES => {
+                    bytes += more.len();
+                    end += 1;
+                }
+                _ => break,
+            }
+        }
+        if end - i == 1 {
+            let args = [&b"PUBLISH"[..], channel.as_bytes(), payload.as_bytes()];
+            resp::command(output, args.into_iter());
+        } else {
+            let payloads = || {
+                batch[i..end]
+                    .iter()
+                    .filter_map(|r| r.message.as_ref())
+                    .map(|(_, p)| p.as_bytes())
+            };
+            line.clear();
+            envelope::bundle_line(&mut line, payloads().map(<[u8]>::len));
+            let parts: Vec<&[u8]> = std::iter::once(&line[..]).chain(payloads()).collect();
+            let args: [&[&[u8]]; 3] = [&[b"PUBLISH"], &[channel.as_bytes()], &parts];
+            resp::command_of_parts(output, &args);
+        }
+        lasts.extend((i..end).map(|k| k + 1 == end));
+        commands += 1;
+        i = end;
+    }
+    commands
 }
 
 /// Writes `output` (`expected` commands) on the connection, made first if
@@ -302,4 +365,93 @@ async fn exchange(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(channel: &str, payload: &str) -> Request {
+        Request {
+            message: Some((channel.into(), payload.into())),
+            reply: Reply::Call(Callback::new(|_| {})),
+        }
+    }
+
+    fn fence() -> Request {
+        Request {
+            message: None,
+            reply: Reply::Call(Callback::new(|_| {})),
+        }
+    }
+
+    /// The (channel, envelopes) of every PUBLISH in `output`.
+    fn published(mut output: &[u8]) -> Vec<(String, Vec<String>)> {
+        let mut commands = Vec::new();
+        while !output.is_empty() {
+            let (frame, used) = resp::parse(output, usize::MAX).unwrap().unwrap();
+            let Frame::Array(
+                [
+                    Item::Bulk(Some(verb)),
+                    Item::Bulk(Some(channel)),
+                    Item::Bulk(Some(payload)),
+                ],
+                3,
+            ) = frame
+            else {
+                panic!("not a PUBLISH: {frame:?}");
+            };
+            assert_eq!(verb, b"PUBLISH");
+            let envelopes = envelope::unbundle(payload).unwrap();
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            commands.push((text(channel), envelopes.map(text).collect()));
+            output = &output[used..];
+        }
+        commands
+    }
+
+    #[test]
+    fn messages_one_after_the_other_for_a_channel_share_a_publish() {
+        let big = "x".repeat(BUNDLE_BYTES - 10);
+        let mut batch = vec![
+            message("a", "1"),
+            message("a", "2"),
+            fence(),
+            message("a", "3"),
+            message("b", "4"),
+            message("b", "5"),
+            message("a", "6"),
+            message("c", &big),
+            message("c", "0123456789x"),
+            message("c", "7"),
+        ];
+        batch.extend((0..BUNDLE_MESSAGES + 1).map(|_| message("d", "m")));
+        let mut output = Vec::new();
+        let mut lasts = Vec::new();
+        let commands = encode(&batch, &mut output, &mut lasts);
+        let many = vec!["m".to_string(); BUNDLE_MESSAGES];
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            published(&output),
+            [
+                ("a".into(), strings(&["1", "2"])),
+                ("a".into(), strings(&["3"])),
+                ("b".into(), strings(&["4", "5"])),
+                ("a".into(), strings(&["6"])),
+                // Past the bundle's bytes: a PUBLISH of its own.
+                ("c".into(), vec![big.clone()]),
+                ("c".into(), strings(&["0123456789x", "7"])),
+                // Past the bundle's count: the rest in the next.
+                ("d".into(), many),
+                ("d".into(), strings(&["m"])),
+            ]
+        );
+        assert_eq!(commands, 8);
+        let mut expected = vec![
+            false, true, true, true, false, true, true, true, false, true,
+        ];
+        expected.extend(std::iter::repeat_n(false, BUNDLE_MESSAGES - 1));
+        expected.extend([true, true]);
+        assert_eq!(lasts, expected);
+    }
 }

@@ -144,6 +144,23 @@ pub(crate) fn command<'a>(out: &mut Vec<u8>, args: impl ExactSizeIterator<Item =
     }
 }
 
+/// Appends the command whose arguments are `args`, each written as the
+/// concatenation of its parts (a bundle's envelopes, copied once).
+pub(crate) fn command_of_parts(out: &mut Vec<u8>, args: &[&[&[u8]]]) {
+    out.push(b'*');
+    push_number(out, args.len());
+    out.extend_from_slice(b"\r\n");
+    for parts in args {
+        out.push(b'$');
+        push_number(out, parts.iter().map(|p| p.len()).sum());
+        out.extend_from_slice(b"\r\n");
+        for part in *parts {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 fn push_number(out: &mut Vec<u8>, n: usize) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -279,6 +296,22 @@ async fn tcp(host: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_of_parts_is_the_command_of_their_concatenations() {
+        let mut whole = Vec::new();
+        command(
+            &mut whole,
+            [&b"PUBLISH"[..], b"ch", b"#1,2\nabc"].into_iter(),
+        );
+        let mut parts = Vec::new();
+        command_of_parts(
+            &mut parts,
+            &[&[b"PUBLISH"], &[b"ch"], &[b"#1,2\n", b"a", b"", b"bc"]],
+        );
+        assert_eq!(parts, whole);
+        assert_eq!(parse(&parts, 64).unwrap().unwrap().1, parts.len());
+    }
 
     #[test]
     fn frames_parse_in_place_and_wait_for_the_rest() {
