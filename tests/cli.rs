@@ -52,7 +52,20 @@ impl Drop for TempConfig {
 /// no admin settings inherited, run outside the repository (so no
 /// `config/gateway.toml` is picked up by accident).
 fn wssgate(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    launched(&[], args)
+}
+
+/// [`wssgate`] started by `launcher` (a program and its arguments, the
+/// binary and `args` after them), e.g. `taskset -c 0`.
+fn launched(launcher: &[&str], args: &[&str]) -> Command {
+    let mut command = match launcher {
+        [program, launcher_args @ ..] => {
+            let mut command = Command::new(program);
+            command.args(launcher_args).arg(BIN);
+            command
+        }
+        [] => Command::new(BIN),
+    };
     command
         .args(args)
         .env("RUST_LOG", "info")
@@ -89,6 +102,8 @@ struct Served {
     admin: SocketAddr,
     /// The `admin API listening` log line.
     admin_line: String,
+    /// The log lines before the first `listening` one, ANSI stripped.
+    startup: Vec<String>,
     /// Every log line since the listeners were up, ANSI stripped.
     log: mpsc::UnboundedReceiver<String>,
     _config: TempConfig,
@@ -96,20 +111,32 @@ struct Served {
 
 impl Served {
     async fn start(config_text: &str) -> Served {
+        Served::start_via(config_text, &[]).await
+    }
+
+    /// Starts `wssgate serve` through `launcher` (a program and its
+    /// arguments, given the binary and its arguments after them).
+    async fn start_via(config_text: &str, launcher: &[&str]) -> Served {
         let config = TempConfig::new("serve", config_text);
-        let mut child = wssgate(&["serve", "--config", &config.arg()])
+        let config_arg = config.arg();
+        let args = ["serve", "--config", config_arg.as_str()];
+        let mut child = launched(launcher, &args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn wssgate serve");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let mut listeners = Vec::new();
+        let mut startup = Vec::new();
         let (admin, admin_line) = loop {
             let line = next_line(&mut lines).await.unwrap_or_else(|| {
                 panic!("wssgate serve ended before listening (see stderr above)")
             });
             let line = strip_ansi(&line);
             if !line.contains("listening") {
+                if listeners.is_empty() {
+                    startup.push(line);
+                }
                 continue;
             }
             let addr: SocketAddr = field(&line, "addr")
@@ -135,6 +162,7 @@ impl Served {
             listeners,
             admin,
             admin_line,
+            startup,
             log,
             _config: config,
         }
@@ -303,6 +331,52 @@ async fn serve_admin_commands_and_sigterm() {
 
 /// `systemctl reload` sends SIGHUP; a gateway without a TLS listener (the
 /// nginx TLS-termination setup) used to die of it, dropping every client.
+#[tokio::test]
+async fn one_cpu_gets_the_single_threaded_scheduler_and_serves() {
+    // Pinned to one CPU (as a container limited to one, or taskset): the
+    // current-thread scheduler; with every CPU of this machine, the
+    // multi-threaded one unless the machine has one. Either way it routes.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (launcher, expected) in [
+        (&["taskset", "-c", "0"][..], "current-thread"),
+        (
+            &[][..],
+            if cpus == 1 {
+                "current-thread"
+            } else {
+                "multi-thread"
+            },
+        ),
+    ] {
+        let mut gw = Served::start_via(&simple_config(""), launcher).await;
+        let line = gw
+            .startup
+            .iter()
+            .find(|l| l.contains("async runtime"))
+            .unwrap_or_else(|| panic!("no runtime line in {:?}", gw.startup));
+        assert_eq!(
+            field(line, "scheduler"),
+            Some(expected),
+            "{launcher:?}: {line}"
+        );
+        let mut alice = try_connect(&gw.ws_url("/"), Some(b"alice"))
+            .await
+            .expect("alice");
+        let mut bob = try_connect(&gw.ws_url("/"), Some(b"bob"))
+            .await
+            .expect("bob");
+        for i in 0..50 {
+            send_json(&mut alice, &serde_json::json!({"dst": "bob", "msg": i})).await;
+        }
+        for i in 0..50 {
+            assert_eq!(recv_json(&mut bob).await["msg"], i);
+        }
+        drop((alice, bob));
+        gw.signal("-TERM");
+        assert!(gw.wait().await.success());
+    }
+}
+
 #[tokio::test]
 async fn sighup_without_a_tls_listener_keeps_serving() {
     let mut gw = Served::start(&simple_config("")).await;
