@@ -236,6 +236,54 @@ async fn a_bundle_delivers_its_messages_in_order_and_a_broken_one_nothing() {
 }
 
 #[tokio::test]
+async fn a_name_is_no_longer_heard_on_its_node_once_released() {
+    let Some((redis, n1, n2)) = two_nodes("").await else {
+        return;
+    };
+    let bob = connect(&n1, "bob").await;
+    let mut conn = redis.connection().await;
+    // Who holds bob, and how many nodes hear bob's channel, read together
+    // (one transaction) again and again while bob's session ends: once the
+    // name is free, no node may hear it any more, or a message published
+    // then would reach only a node without bob, which stays silent.
+    let snapshot = |conn: &mut ::redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let (holder, subscribers): (Option<String>, Vec<(String, i64)>) = ::redis::pipe()
+                .atomic()
+                .hget("{wsg}:names", "bob")
+                .cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("wsg:to:bob")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (holder, subscribers[0].1)
+        }
+    };
+    assert!(matches!(snapshot(&mut conn).await, (Some(_), 1)));
+    drop(bob);
+    // No pause between reads: the first snapshot without a holder is
+    // within a round trip of the release.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let subscribers = loop {
+        let (holder, subscribers) = snapshot(&mut conn).await;
+        if holder.is_none() {
+            break subscribers;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out: bob released"
+        );
+    };
+    assert_eq!(
+        subscribers, 0,
+        "bob's name released while n1 still hears it"
+    );
+    tokio::join!(n1.stop(), n2.stop());
+}
+
+#[tokio::test]
 async fn a_publishers_connection_closed_while_idle_costs_no_message() {
     let Some((redis, n1, n2)) = two_nodes("").await else {
         return;

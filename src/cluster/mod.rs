@@ -747,6 +747,13 @@ impl Cluster {
         for room in rooms {
             self.left(&room, name.as_str()).await;
         }
+        // Stop listening before the name is released: once it is, another
+        // node may claim it, and a message meanwhile published for it would
+        // reach only this node, which cannot tell whether the new holder got
+        // it and stays silent. Unsubscribed first, such a message reaches
+        // nobody until the new holder subscribes (before its claim), and its
+        // sender is told `recipient not connected`.
+        self.forget(name.as_str()).await;
         let released = if handle.is_provisional() || self.policy == DuplicatePolicy::Allow {
             true
         } else {
@@ -780,7 +787,6 @@ impl Cluster {
                     .await;
             }
         }
-        self.forget(name.as_str()).await;
     }
 
     /// The rooms this node recorded `name` in.
