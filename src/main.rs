@@ -139,8 +139,8 @@ fn main() -> ExitCode {
 
 /// Tokio's multi-threaded scheduler, one worker per CPU this process may
 /// use; its single-threaded one when that is one CPU (a container limited
-/// to one, `taskset -c 0`) and `TOKIO_WORKER_THREADS` does not ask for
-/// more. With one CPU the work-stealing scheduler's worker does the same
+/// to one, `taskset -c 0`) and `TOKIO_WORKER_THREADS` is not set (set, to
+/// any count, it keeps the multi-threaded one with that many workers). With one CPU the work-stealing scheduler's worker does the same
 /// work with more synchronisation around every wake-up.
 /// Measured (`bench/compare cluster`, one run each, servers on one core):
 /// cross-node pairs 244k -> 281k msgs/s, single-node pairs unchanged.

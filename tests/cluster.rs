@@ -188,6 +188,50 @@ async fn an_error_from_another_node_reaches_only_the_session_it_is_about() {
 }
 
 #[tokio::test]
+async fn messages_written_at_once_to_one_peer_share_publishes() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let Some((redis, n1, n2)) = two_nodes("").await else {
+        return;
+    };
+    let mut alice = connect(&n1, "alice").await;
+    let mut bob = connect(&n2, "bob").await;
+    let mut conn = redis.connection().await;
+    let publishes = |conn: &mut ::redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let info: String = ::redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            // cmdstat_publish:calls=N,usec=...
+            let line = info
+                .lines()
+                .find_map(|l| l.strip_prefix("cmdstat_publish:calls="));
+            line.and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        }
+    };
+    let before = publishes(&mut conn).await;
+    // One write for all of them: n1 reads them at once and queues them one
+    // after the other for bob's channel.
+    const N: u64 = 200;
+    for i in 0..N {
+        let frame = json!({"dst": "bob", "msg": i}).to_string();
+        alice.feed(Message::text(frame)).await.unwrap();
+    }
+    alice.flush().await.unwrap();
+    for i in 0..N {
+        let got = recv_json(&mut bob).await;
+        assert_eq!((&got["src"], &got["msg"]), (&json!("alice"), &json!(i)));
+    }
+    let used = publishes(&mut conn).await - before;
+    assert!(used < N / 2, "{N} messages took {used} PUBLISH commands");
+    tokio::join!(n1.stop(), n2.stop());
+}
+
+#[tokio::test]
 async fn a_bundle_delivers_its_messages_in_order_and_a_broken_one_nothing() {
     let Some((redis, n1, n2)) = two_nodes("").await else {
         return;

@@ -232,6 +232,20 @@ fn plain_string<'a>(rest: &mut &'a str) -> Option<&'a str> {
 /// command, and the other node reads one message, for all of them.
 pub(crate) const BUNDLE: u8 = b'#';
 
+/// A bundle's bounds: at most this many bytes in all, its first line
+/// included (a subscriber takes twice the message size limit and 64 KiB,
+/// whatever that limit) ...
+pub(crate) const BUNDLE_BYTES: usize = 64 * 1024;
+/// ... and at most this many envelopes.
+pub(crate) const BUNDLE_MESSAGES: usize = 64;
+
+/// What an envelope of `length` bytes adds to a bundle: itself, its length
+/// in decimal, and the comma or newline after that. A bundle is `#` and
+/// this for each of its envelopes.
+pub(crate) fn bundle_cost(length: usize) -> usize {
+    length + length.checked_ilog10().unwrap_or(0) as usize + 2
+}
+
 /// Appends a bundle's first line for envelopes of `lengths` bytes:
 /// `#`, the lengths in decimal separated by commas, a newline. The
 /// envelopes follow it back to back.
@@ -248,7 +262,8 @@ pub(crate) fn bundle_line(out: &mut Vec<u8>, lengths: impl Iterator<Item = usize
 
 /// The envelopes of `payload` in order: itself if it is not a bundle, a
 /// bundle's envelopes if it is a well-formed one, `None` if it is a bundle
-/// whose lengths do not add up to what follows them.
+/// whose lengths do not add up to what follows them, or that no node
+/// writes (more than [`BUNDLE_MESSAGES`] envelopes, an empty one).
 pub(crate) fn unbundle(payload: &[u8]) -> Option<Envelopes<'_>> {
     if payload.first() != Some(&BUNDLE) {
         return Some(Envelopes {
@@ -261,8 +276,12 @@ pub(crate) fn unbundle(payload: &[u8]) -> Option<Envelopes<'_>> {
     let lengths = std::str::from_utf8(&payload[1..end]).ok()?;
     let rest = &payload[end + 1..];
     let mut total = 0usize;
-    for length in lengths.split(',') {
-        total = total.checked_add(length.parse::<usize>().ok()?)?;
+    for (n, length) in lengths.split(',').enumerate() {
+        let length = length.parse::<usize>().ok()?;
+        if n == BUNDLE_MESSAGES || length == 0 {
+            return None;
+        }
+        total = total.checked_add(length)?;
     }
     (total == rest.len()).then_some(Envelopes {
         lengths: Some(lengths.split(',')),
@@ -301,7 +320,11 @@ mod tests {
 
     #[test]
     fn a_bundle_gives_back_its_envelopes_and_a_bad_one_nothing() {
-        let envelopes = ["{\"o\":\"n1\",\"k\":\"msg\"}\nfirst", "", "{}\n#,\n\u{e9}"];
+        let envelopes = [
+            "{\"o\":\"n1\",\"k\":\"msg\"}\nfirst",
+            "{}\n",
+            "{}\n#,\n\u{e9}",
+        ];
         let mut payload = Vec::new();
         bundle_line(&mut payload, envelopes.iter().map(|e| e.len()));
         for envelope in envelopes {
@@ -330,6 +353,30 @@ mod tests {
             );
         }
         assert!(unbundle(b"#18446744073709551615,1\nx").is_none());
+        // Empty envelopes, or more than a node puts in one: nothing.
+        assert!(unbundle(b"#0,1\nx").is_none());
+        let most = format!(
+            "#{}\n{}",
+            vec!["1"; BUNDLE_MESSAGES].join(","),
+            "x".repeat(BUNDLE_MESSAGES)
+        );
+        assert_eq!(unbundle(most.as_bytes()).unwrap().count(), BUNDLE_MESSAGES);
+        let more = format!(
+            "#{}\n{}",
+            vec!["1"; BUNDLE_MESSAGES + 1].join(","),
+            "x".repeat(BUNDLE_MESSAGES + 1)
+        );
+        assert!(unbundle(more.as_bytes()).is_none());
+        // The cost of an envelope is what it adds to a bundle.
+        for lengths in [vec![1], vec![9, 10, 99, 100, 65_535]] {
+            let mut line = Vec::new();
+            bundle_line(&mut line, lengths.iter().copied());
+            let total: usize = lengths.iter().sum();
+            assert_eq!(
+                1 + lengths.iter().map(|&l| bundle_cost(l)).sum::<usize>(),
+                line.len() + total
+            );
+        }
     }
 
     #[test]

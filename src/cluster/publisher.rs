@@ -26,19 +26,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::bytes::{Buf, BytesMut};
 
-use super::envelope;
+use super::envelope::{self, BUNDLE_BYTES, BUNDLE_MESSAGES, bundle_cost};
 use super::resp::{self, Connector, Frame, Item};
 
 /// Messages waiting for a batch before a publisher waits for room.
 const QUEUE: usize = 16 * 1024;
 /// Messages in one pipeline at most.
 const BATCH: usize = 512;
-/// A bundle's bounds: messages queued one after the other for the same
-/// channel share one PUBLISH up to this many bytes of envelopes (a
-/// subscriber takes twice the message size limit and 64 KiB) ...
-const BUNDLE_BYTES: usize = 64 * 1024;
-/// ... and this many messages.
-const BUNDLE_MESSAGES: usize = 64;
 /// The longest bulk string an answer to PUBLISH may hold (it holds none:
 /// the answer is an integer).
 const ANSWER_BULK: usize = 0;
@@ -259,11 +253,14 @@ fn encode(batch: &[Request], output: &mut Vec<u8>, lasts: &mut Vec<bool>) -> usi
             continue;
         };
         let mut end = i + 1;
-        let mut bytes = payload.len();
+        // As a bundle: `#` and each envelope's cost.
+        let mut bytes = 1 + bundle_cost(payload.len());
         while end < batch.len() && end - i < BUNDLE_MESSAGES {
             match &batch[end].message {
-                Some((next, more)) if next == channel && bytes + more.len() <= BUNDLE_BYTES => {
-                    bytes += more.len();
+                Some((next, more))
+                    if next == channel && bytes + bundle_cost(more.len()) <= BUNDLE_BYTES =>
+                {
+                    bytes += bundle_cost(more.len());
                     end += 1;
                 }
                 _ => break,
@@ -402,6 +399,13 @@ mod tests {
                 panic!("not a PUBLISH: {frame:?}");
             };
             assert_eq!(verb, b"PUBLISH");
+            if payload.first() == Some(&envelope::BUNDLE) {
+                assert!(
+                    payload.len() <= BUNDLE_BYTES,
+                    "a bundle of {} bytes",
+                    payload.len()
+                );
+            }
             let envelopes = envelope::unbundle(payload).unwrap();
             let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
             commands.push((text(channel), envelopes.map(text).collect()));
@@ -453,5 +457,29 @@ mod tests {
         expected.extend(std::iter::repeat_n(false, BUNDLE_MESSAGES - 1));
         expected.extend([true, true]);
         assert_eq!(lasts, expected);
+    }
+
+    #[test]
+    fn a_bundle_with_its_first_line_stays_within_what_a_subscriber_takes() {
+        // 64 envelopes of 1 KiB: 64 KiB of envelopes, and the lengths'
+        // line on top would pass the smallest subscriber limit (64 KiB and
+        // twice a tiny max_message_size).
+        let envelope = "e".repeat(1024);
+        let batch: Vec<Request> = (0..BUNDLE_MESSAGES)
+            .map(|_| message("a", &envelope))
+            .collect();
+        let mut output = Vec::new();
+        let commands = encode(&batch, &mut output, &mut Vec::new());
+        assert_eq!(
+            commands, 2,
+            "the last envelope goes in a PUBLISH of its own"
+        );
+        let mut at = 0;
+        while at < output.len() {
+            let (_, used) = resp::parse(&output[at..], BUNDLE_BYTES).unwrap().unwrap();
+            at += used;
+        }
+        let published = published(&output);
+        assert_eq!(published[0].1.len() + published[1].1.len(), BUNDLE_MESSAGES);
     }
 }
