@@ -2,6 +2,8 @@
 //! client frame exactly as the local clients get it. The frame is not
 //! escaped into the header, so a message costs its own bytes plus a small
 //! header, and a receiving node hands the frame on without rewriting it.
+//! Several envelopes for one channel can travel in one PUBLISH, a bundle
+//! ([`BUNDLE`]).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;

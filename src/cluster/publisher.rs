@@ -4,7 +4,8 @@
 //! trip to Redis is shared by many messages (a round trip per message, each
 //! waking three processes, is what made cross-node messages cost ten times
 //! a local one); at low load a message waits for nothing but its own round
-//! trip.
+//! trip. Within a batch, messages queued one after the other for the same
+//! channel share one PUBLISH (a bundle, see [`encode`]).
 //!
 //! Messages are published and answered in the order they were queued. An
 //! answer goes to a task waiting for it, or to a function called on this
