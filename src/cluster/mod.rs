@@ -739,6 +739,11 @@ impl Cluster {
     /// router): release its rooms and its name, tell the other nodes.
     pub(crate) async fn session_ended(&self, handle: &SessionHandle, mut rooms: Vec<Arc<str>>) {
         let name = handle.name();
+        // Whether another session here holds the name as this one ends, read
+        // before any wait: a session of the name admitted here meanwhile,
+        // still waiting for its claim, announces itself if it gets the name,
+        // and must not keep this one's leave from being told.
+        let others_here = self.router.holds(name.as_str());
         let replaced = handle.close_order() == Some(crate::close::Close::Replaced);
         if replaced {
             // Its rooms went with the replacement: read them back.
@@ -770,7 +775,7 @@ impl Cluster {
                 .is_ok_and(|n| n == 1)
         };
         self.unrecord_client(handle).await;
-        if !self.router.holds(name.as_str()) {
+        if !others_here {
             // Released: it left. Replaced: it lives on elsewhere, and the
             // other nodes only forget it was here.
             let kind = if released {
