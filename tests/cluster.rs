@@ -196,8 +196,8 @@ async fn messages_written_at_once_to_one_peer_share_publishes() {
     };
     let mut alice = connect(&n1, "alice").await;
     let mut bob = connect(&n2, "bob").await;
-    let mut conn = redis.connection().await;
-    let publishes = |conn: &mut ::redis::aio::MultiplexedConnection| {
+    let conn = redis.connection().await;
+    let publishes = || {
         let mut conn = conn.clone();
         async move {
             let info: String = ::redis::cmd("INFO")
@@ -213,7 +213,7 @@ async fn messages_written_at_once_to_one_peer_share_publishes() {
                 .map_or(0, |n| n.parse::<u64>().unwrap())
         }
     };
-    let before = publishes(&mut conn).await;
+    let before = publishes().await;
     // One write for all of them: n1 reads them at once and queues them one
     // after the other for bob's channel.
     const N: u64 = 200;
@@ -226,7 +226,7 @@ async fn messages_written_at_once_to_one_peer_share_publishes() {
         let got = recv_json(&mut bob).await;
         assert_eq!((&got["src"], &got["msg"]), (&json!("alice"), &json!(i)));
     }
-    let used = publishes(&mut conn).await - before;
+    let used = publishes().await - before;
     assert!(used < N / 2, "{N} messages took {used} PUBLISH commands");
     tokio::join!(n1.stop(), n2.stop());
 }
@@ -285,12 +285,12 @@ async fn a_name_is_no_longer_heard_on_its_node_once_released() {
         return;
     };
     let bob = connect(&n1, "bob").await;
-    let mut conn = redis.connection().await;
+    let conn = redis.connection().await;
     // Who holds bob, and how many nodes hear bob's channel, read together
     // (one transaction) again and again while bob's session ends: once the
     // name is free, no node may hear it any more, or a message published
     // then would reach only a node without bob, which stays silent.
-    let snapshot = |conn: &mut ::redis::aio::MultiplexedConnection| {
+    let snapshot = || {
         let mut conn = conn.clone();
         async move {
             let (holder, subscribers): (Option<String>, Vec<(String, i64)>) = ::redis::pipe()
@@ -305,13 +305,13 @@ async fn a_name_is_no_longer_heard_on_its_node_once_released() {
             (holder, subscribers[0].1)
         }
     };
-    assert!(matches!(snapshot(&mut conn).await, (Some(_), 1)));
+    assert!(matches!(snapshot().await, (Some(_), 1)));
     drop(bob);
     // No pause between reads: the first snapshot without a holder is
     // within a round trip of the release.
     let deadline = tokio::time::Instant::now() + WAIT;
     let subscribers = loop {
-        let (holder, subscribers) = snapshot(&mut conn).await;
+        let (holder, subscribers) = snapshot().await;
         if holder.is_none() {
             break subscribers;
         }

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -257,7 +258,8 @@ pub(crate) fn bundle_line(out: &mut Vec<u8>, lengths: impl Iterator<Item = usize
         if n > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(length.to_string().as_bytes());
+        // Into the buffer: no string per envelope.
+        let _ = write!(out, "{length}");
     }
     out.push(b'\n');
 }

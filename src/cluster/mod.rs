@@ -1035,7 +1035,7 @@ impl Cluster {
     /// or the lone envelope it is.
     fn dispatch(self: &Arc<Self>, channel: &str, payload: &[u8]) {
         let Some(envelopes) = envelope::unbundle(payload) else {
-            tracing::warn!(%channel, "cluster: a bundle whose lengths do not add up; ignored");
+            tracing::warn!(%channel, "cluster: a malformed bundle (lengths that do not add up, an empty envelope, too many); ignored");
             return;
         };
         for envelope in envelopes {
